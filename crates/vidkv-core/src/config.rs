@@ -1,0 +1,401 @@
+//! Quantization settings: what to compute, validated once, shared by every backend.
+//!
+//! A [`QuantConfig`] fully determines the byte layout of key and value blocks (see
+//! [`crate::layout`]); backends never make layout decisions of their own.
+
+use crate::error::{Error, Result};
+
+/// Attention head dimension: any even number from 16 to 256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HeadDim(u16);
+
+impl HeadDim {
+    /// Smallest supported head_dim.
+    pub const MIN: usize = 16;
+    /// Largest supported head_dim (a [`crate::ChannelMask`] holds 256 bits).
+    pub const MAX: usize = 256;
+
+    /// Validates `d`.
+    pub fn new(d: usize) -> Result<Self> {
+        if d.is_multiple_of(2) && (Self::MIN..=Self::MAX).contains(&d) {
+            Ok(Self(d as u16))
+        } else {
+            Err(Error::UnsupportedHeadDim { head_dim: d })
+        }
+    }
+
+    /// The dimension as a `usize`.
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// Tokens per quantization block (G). Statistics are per head and per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GroupSize {
+    /// 32 tokens (the paper's default).
+    G32 = 32,
+    /// 64 tokens.
+    G64 = 64,
+    /// 128 tokens.
+    G128 = 128,
+}
+
+impl GroupSize {
+    /// Validates a token count.
+    pub fn new(g: usize) -> Result<Self> {
+        match g {
+            32 => Ok(Self::G32),
+            64 => Ok(Self::G64),
+            128 => Ok(Self::G128),
+            _ => Err(Error::UnsupportedGroupSize { group: g }),
+        }
+    }
+
+    /// Tokens per block.
+    pub fn tokens(self) -> usize {
+        self as usize
+    }
+}
+
+/// Width of a min/max (affine) code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Bits {
+    /// 2 bits: 4 levels.
+    Two = 2,
+    /// 4 bits: 16 levels.
+    Four = 4,
+}
+
+impl Bits {
+    /// Validates a bit width.
+    pub fn new(bits: u32) -> Result<Self> {
+        match bits {
+            2 => Ok(Self::Two),
+            4 => Ok(Self::Four),
+            _ => Err(Error::InvalidConfig {
+                reason: "affine codes must be 2 or 4 bits wide",
+            }),
+        }
+    }
+
+    /// Bits per code.
+    pub fn get(self) -> u32 {
+        self as u32
+    }
+
+    /// Largest code, `2^bits − 1`.
+    pub fn max_code(self) -> u8 {
+        (1u8 << self.get()) - 1
+    }
+}
+
+/// How statistics and codes are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Arithmetic {
+    /// f32 statistics from the input; only stored scales/offsets are rounded to f16. Most accurate.
+    #[default]
+    F32,
+    /// The published PyTorch reference on f16 tensors: every elementwise step rounded to f16
+    /// (DESIGN §1.6), so codes and decoded values match it bit for bit.
+    Reference,
+}
+
+/// Over which tokens the outlier-channel ranges are pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutlierScope {
+    /// Range pooled over all heads and all quantized tokens of a tensor (the paper's choice).
+    Layer,
+    /// Range per head and per block.
+    Block,
+}
+
+/// Transform applied to the normal (non-outlier) key channels before 1-bit coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transform {
+    /// One-sided real DFT along channels (the paper).
+    Fft,
+    /// Orthonormal Walsh–Hadamard (needs a power-of-two number of normal channels).
+    Hadamard,
+    /// No transform.
+    Identity,
+}
+
+/// How a 1-bit lane is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LaneRule {
+    /// `ẑ = (2·bit − 1)·s` (vidkv's default).
+    Symmetric,
+    /// The reference code's rule: real-part lanes `bit·s`, imaginary-part lanes `(2·bit − 1)·s/2`.
+    PaperCompat,
+}
+
+/// VidKV mixed-precision keys: 2-bit outlier channels plus 1-bit transformed normal channels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MixedKeys {
+    /// Share r of channels stored at 2 bits; `k = round(r·D)`.
+    pub outlier_ratio: f32,
+    /// Where the outlier ranges are measured.
+    pub scope: OutlierScope,
+    /// Transform of the normal channels.
+    pub transform: Transform,
+    /// Decode rule of the 1-bit lanes.
+    pub lane_rule: LaneRule,
+}
+
+impl MixedKeys {
+    /// vidkv's default: r = 0.5, block scope, FFT, symmetric lanes.
+    pub const DEFAULT: Self = Self {
+        outlier_ratio: 0.5,
+        scope: OutlierScope::Block,
+        transform: Transform::Fft,
+        lane_rule: LaneRule::Symmetric,
+    };
+
+    /// Number of outlier channels for a given head_dim.
+    pub fn outlier_count(&self, head_dim: HeadDim) -> usize {
+        libm::roundf(self.outlier_ratio * head_dim.get() as f32) as usize
+    }
+}
+
+/// How keys are quantized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyScheme {
+    /// VidKV "1 + r" bits.
+    Mixed(MixedKeys),
+    /// Min/max codes per (channel, block): KIVI keys, and the uniform per-channel baseline.
+    PerChannel {
+        /// Code width.
+        bits: Bits,
+    },
+}
+
+/// Scale stored for a ternary value channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TernaryScale {
+    /// `γ = mean |x|` (the paper's text).
+    MeanAbs,
+    /// Mean |x| over the non-zero codes: the least-squares scale for the chosen codes.
+    LeastSquares,
+    /// 1.0: what the reference code applies.
+    Unit,
+}
+
+/// How values are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValueScheme {
+    /// VidKV "1.58" bits: {−1, 0, +1} per channel and block, 5 trits per byte.
+    Ternary {
+        /// Which scale the encoder stores.
+        scale: TernaryScale,
+    },
+    /// KIVI values: min/max codes per token over groups of G consecutive channels.
+    PerToken {
+        /// Code width.
+        bits: Bits,
+    },
+    /// Min/max codes per (channel, block).
+    PerChannel {
+        /// Code width.
+        bits: Bits,
+    },
+}
+
+/// Everything that determines how one layer's K/V is encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantConfig {
+    /// Head dimension D.
+    pub head_dim: HeadDim,
+    /// Tokens per block G.
+    pub group: GroupSize,
+    /// Key scheme.
+    pub keys: KeyScheme,
+    /// Value scheme.
+    pub values: ValueScheme,
+    /// Arithmetic of the encoder.
+    pub arithmetic: Arithmetic,
+}
+
+impl QuantConfig {
+    /// Checks the combination: outlier ratio in [0, 1], Hadamard on a power-of-two lane count.
+    pub fn validate(&self) -> Result<()> {
+        if let KeyScheme::Mixed(m) = self.keys {
+            if !(0.0..=1.0).contains(&m.outlier_ratio) {
+                return Err(Error::InvalidConfig {
+                    reason: "outlier ratio must be within 0..=1",
+                });
+            }
+            let lanes = self.head_dim.get() - m.outlier_count(self.head_dim);
+            if m.transform == Transform::Hadamard && lanes > 0 && !lanes.is_power_of_two() {
+                return Err(Error::InvalidConfig {
+                    reason: "the Hadamard transform needs a power-of-two number of normal channels",
+                });
+            }
+            if m.lane_rule == LaneRule::PaperCompat && m.transform != Transform::Fft {
+                return Err(Error::InvalidConfig {
+                    reason: "the PaperCompat lane rule is defined for the Fft transform only",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The named presets used by `vidkv eval` and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// vidkv: r = 0.5, FFT, symmetric lanes, block scope; ternary values with the least-squares
+    /// scale; f32 arithmetic.
+    Vidkv,
+    /// What the paper's reference code computes (layer scope, PaperCompat, unit value scale,
+    /// reference arithmetic).
+    VidkvPaper,
+    /// KIVI 2-bit (keys per channel, values per token).
+    Kivi2,
+    /// KIVI 4-bit.
+    Kivi4,
+    /// Uniform per-channel 2-bit keys and values.
+    Pc2,
+}
+
+impl Scheme {
+    /// All presets, in report order.
+    pub const ALL: [Scheme; 5] = [
+        Scheme::Vidkv,
+        Scheme::VidkvPaper,
+        Scheme::Kivi2,
+        Scheme::Kivi4,
+        Scheme::Pc2,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Vidkv => "vidkv",
+            Scheme::VidkvPaper => "vidkv-paper",
+            Scheme::Kivi2 => "kivi2",
+            Scheme::Kivi4 => "kivi4",
+            Scheme::Pc2 => "pc2",
+        }
+    }
+
+    /// Parses a preset name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or(Error::InvalidConfig {
+                reason: "unknown scheme name",
+            })
+    }
+
+    /// The configuration of this preset for a head_dim and group size.
+    pub fn config(self, head_dim: HeadDim, group: GroupSize) -> QuantConfig {
+        let (keys, values, arithmetic) = match self {
+            Scheme::Vidkv => (
+                KeyScheme::Mixed(MixedKeys::DEFAULT),
+                ValueScheme::Ternary {
+                    scale: TernaryScale::LeastSquares,
+                },
+                Arithmetic::F32,
+            ),
+            Scheme::VidkvPaper => (
+                KeyScheme::Mixed(MixedKeys {
+                    outlier_ratio: 0.5,
+                    scope: OutlierScope::Layer,
+                    transform: Transform::Fft,
+                    lane_rule: LaneRule::PaperCompat,
+                }),
+                ValueScheme::Ternary {
+                    scale: TernaryScale::Unit,
+                },
+                Arithmetic::Reference,
+            ),
+            Scheme::Kivi2 => (
+                KeyScheme::PerChannel { bits: Bits::Two },
+                ValueScheme::PerToken { bits: Bits::Two },
+                Arithmetic::Reference,
+            ),
+            Scheme::Kivi4 => (
+                KeyScheme::PerChannel { bits: Bits::Four },
+                ValueScheme::PerToken { bits: Bits::Four },
+                Arithmetic::Reference,
+            ),
+            Scheme::Pc2 => (
+                KeyScheme::PerChannel { bits: Bits::Two },
+                ValueScheme::PerChannel { bits: Bits::Two },
+                Arithmetic::Reference,
+            ),
+        };
+        QuantConfig {
+            head_dim,
+            group,
+            keys,
+            values,
+            arithmetic,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_dim_accepts_even_16_to_256_only() {
+        for d in [16, 18, 64, 80, 96, 112, 128, 256] {
+            assert_eq!(HeadDim::new(d).unwrap().get(), d);
+        }
+        for d in [0, 14, 15, 65, 257, 258, 512] {
+            assert_eq!(
+                HeadDim::new(d),
+                Err(Error::UnsupportedHeadDim { head_dim: d })
+            );
+        }
+    }
+
+    #[test]
+    fn group_size_accepts_32_64_128_only() {
+        assert_eq!(GroupSize::new(64).unwrap().tokens(), 64);
+        assert!(GroupSize::new(16).is_err());
+        assert!(GroupSize::new(0).is_err());
+    }
+
+    #[test]
+    fn every_preset_validates_on_common_head_dims() {
+        for d in [64, 80, 96, 128, 256] {
+            for s in Scheme::ALL {
+                s.config(HeadDim::new(d).unwrap(), GroupSize::G32)
+                    .validate()
+                    .unwrap();
+                assert_eq!(Scheme::from_name(s.name()).unwrap(), s);
+            }
+        }
+    }
+
+    #[test]
+    fn hadamard_needs_power_of_two_lanes() {
+        let mut c = Scheme::Vidkv.config(HeadDim::new(80).unwrap(), GroupSize::G32);
+        c.keys = KeyScheme::Mixed(MixedKeys {
+            transform: Transform::Hadamard,
+            ..MixedKeys::DEFAULT
+        });
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig { .. })));
+        c.head_dim = HeadDim::new(64).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn outlier_ratio_out_of_range_is_rejected() {
+        let mut c = Scheme::Vidkv.config(HeadDim::new(64).unwrap(), GroupSize::G32);
+        for r in [-0.1, 1.5, f32::NAN] {
+            c.keys = KeyScheme::Mixed(MixedKeys {
+                outlier_ratio: r,
+                ..MixedKeys::DEFAULT
+            });
+            assert!(c.validate().is_err());
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Byte layouts of key and value blocks (format version 1; `docs/FORMAT.md` is the prose form).
+//!
+//! A block holds one head's G consecutive tokens. Its size depends only on the [`QuantConfig`],
+//! so blocks of a layer are fixed-size and can be addressed by index on any device. Every block is
+//! a concatenation of [`Section`]s; all multi-byte fields are little-endian; codes are packed
+//! LSB-first by [`crate::pack`].
+//!
+//! Codes are laid out for the fused attention that reads them:
+//! * key codes are **channel-major** (one channel's G codes are contiguous), because a key score
+//!   sums over channels for many tokens at once;
+//! * value codes are **token-major** (one token's D codes are contiguous), because the value pass
+//!   adds a weighted token row to a D-wide accumulator.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+use static_assertions::{const_assert, const_assert_eq};
+
+use crate::config::{Bits, KeyScheme, QuantConfig, ValueScheme};
+use crate::error::{Error, Result};
+
+/// Offset and f16 step of a min/max group: decode `lo + code·step`.
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct AffineParams {
+    /// Offset: the group minimum, rounded to f16.
+    pub lo: f16,
+    /// Step between levels, `(max − min)/(2^bits − 1)`, rounded to f16.
+    pub step: f16,
+}
+
+const_assert_eq!(core::mem::size_of::<AffineParams>(), 4);
+const_assert_eq!(core::mem::align_of::<AffineParams>(), 2);
+const_assert_eq!(core::mem::offset_of!(AffineParams, step), 2);
+
+/// The outlier channels of a mixed-precision key block, one bit per channel (bit c of word c/32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
+#[repr(C)]
+pub struct ChannelMask {
+    /// Bit `c % 32` of word `c / 32` is set when channel c is an outlier.
+    pub words: [u32; 8],
+}
+
+const_assert_eq!(core::mem::size_of::<ChannelMask>(), 32);
+const_assert!(core::mem::size_of::<ChannelMask>() * 8 >= crate::config::HeadDim::MAX);
+
+impl ChannelMask {
+    /// A mask with exactly the given channels set (channels ≥ 256 are ignored).
+    pub fn from_channels(channels: impl IntoIterator<Item = usize>) -> Self {
+        let mut m = Self::default();
+        for c in channels {
+            if c < 256 {
+                m.words[c / 32] |= 1 << (c % 32);
+            }
+        }
+        m
+    }
+
+    /// Whether channel `c` is an outlier.
+    pub fn contains(&self, c: usize) -> bool {
+        c < 256 && self.words[c / 32] >> (c % 32) & 1 == 1
+    }
+
+    /// Number of set channels.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Set channels below `head_dim`, ascending.
+    pub fn outliers(&self, head_dim: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..head_dim).filter(|&c| self.contains(c))
+    }
+
+    /// Unset channels below `head_dim`, ascending: the normal channels.
+    pub fn normals(&self, head_dim: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..head_dim).filter(|&c| !self.contains(c))
+    }
+
+    /// Bytes of the mask as stored in a block of this head_dim (whole u32 words, LE).
+    pub fn stored_bytes(head_dim: usize) -> usize {
+        head_dim.div_ceil(32) * 4
+    }
+
+    /// Writes the stored form into `out` (length [`Self::stored_bytes`]).
+    pub fn write(&self, out: &mut [u8]) {
+        for (chunk, w) in out.chunks_exact_mut(4).zip(self.words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Reads the stored form; rejects bits set at or above `head_dim` and a wrong popcount.
+    pub fn read(bytes: &[u8], head_dim: usize, expected_count: usize) -> Result<Self> {
+        let mut m = Self::default();
+        for (i, chunk) in bytes.chunks_exact(4).enumerate().take(8) {
+            m.words[i] = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        let stray = (head_dim..bytes.len() * 8).any(|c| m.contains(c));
+        if stray || m.count() != expected_count {
+            return Err(Error::Corrupt {
+                what: "outlier channel mask",
+                offset: 0,
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// A byte range inside a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Section {
+    /// First byte, from the start of the block.
+    pub offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl Section {
+    /// The range, for slicing a block.
+    pub fn range(self) -> core::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+
+    fn after(prev: Section, len: usize) -> Section {
+        Section {
+            offset: prev.offset + prev.len,
+            len,
+        }
+    }
+}
+
+/// Layout of a key block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLayout {
+    /// VidKV mixed precision. Sections in order: `mask` (u32 words), `outlier_params`
+    /// ([`AffineParams`] per outlier channel, ascending), `lane_scales` (f16 per lane),
+    /// `outlier_codes` (2-bit, channel-major, G/4 bytes per channel), `lane_bits`
+    /// (1-bit, lane-major, G/8 bytes per lane).
+    Mixed {
+        /// Outlier channels k.
+        outliers: usize,
+        /// Transformed 1-bit lanes M = D − k.
+        lanes: usize,
+        /// Mask section.
+        mask: Section,
+        /// Outlier affine parameters.
+        outlier_params: Section,
+        /// Lane scales.
+        lane_scales: Section,
+        /// Outlier codes.
+        outlier_codes: Section,
+        /// Lane sign bits.
+        lane_bits: Section,
+    },
+    /// Min/max per (channel, block). Sections: `params` ([`AffineParams`] per channel), `codes`
+    /// (channel-major, G·bits/8 bytes per channel).
+    PerChannel {
+        /// Code width.
+        bits: Bits,
+        /// Parameters.
+        params: Section,
+        /// Codes.
+        codes: Section,
+    },
+}
+
+/// Layout of a value block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueLayout {
+    /// Ternary. Sections: `scales` (f16 per channel), `trits` (token-major rows of ⌈D/5⌉ bytes,
+    /// 5 trits per byte).
+    Ternary {
+        /// Scales.
+        scales: Section,
+        /// Trit rows.
+        trits: Section,
+    },
+    /// Min/max per token over channel groups of `channel_group` channels. Sections: `params`
+    /// ([`AffineParams`] per token and channel group, token-major), `codes` (token-major, flat
+    /// over the block).
+    PerToken {
+        /// Code width.
+        bits: Bits,
+        /// Channels per group (the last group may be shorter).
+        channel_group: usize,
+        /// Parameters.
+        params: Section,
+        /// Codes.
+        codes: Section,
+    },
+    /// Min/max per (channel, block). Sections: `params` ([`AffineParams`] per channel), `codes`
+    /// (token-major, flat over the block).
+    PerChannel {
+        /// Code width.
+        bits: Bits,
+        /// Parameters.
+        params: Section,
+        /// Codes.
+        codes: Section,
+    },
+}
+
+/// Bytes of one token's ternary row: 5 trits per byte.
+pub fn trit_row_bytes(head_dim: usize) -> usize {
+    head_dim.div_ceil(5)
+}
+
+const PARAMS: usize = core::mem::size_of::<AffineParams>();
+
+impl KeyLayout {
+    fn new(config: &QuantConfig) -> Self {
+        let d = config.head_dim.get();
+        let g = config.group.tokens();
+        match config.keys {
+            KeyScheme::Mixed(m) => {
+                let k = m.outlier_count(config.head_dim);
+                let lanes = d - k;
+                let mask = Section {
+                    offset: 0,
+                    len: ChannelMask::stored_bytes(d),
+                };
+                let outlier_params = Section::after(mask, k * PARAMS);
+                let lane_scales = Section::after(outlier_params, lanes * 2);
+                let outlier_codes = Section::after(lane_scales, k * g / 4);
+                let lane_bits = Section::after(outlier_codes, lanes * g / 8);
+                KeyLayout::Mixed {
+                    outliers: k,
+                    lanes,
+                    mask,
+                    outlier_params,
+                    lane_scales,
+                    outlier_codes,
+                    lane_bits,
+                }
+            }
+            KeyScheme::PerChannel { bits } => {
+                let params = Section {
+                    offset: 0,
+                    len: d * PARAMS,
+                };
+                let codes = Section::after(params, d * g * bits.get() as usize / 8);
+                KeyLayout::PerChannel {
+                    bits,
+                    params,
+                    codes,
+                }
+            }
+        }
+    }
+
+    /// Bytes of one block.
+    pub fn block_bytes(&self) -> usize {
+        let last = match self {
+            KeyLayout::Mixed { lane_bits, .. } => lane_bits,
+            KeyLayout::PerChannel { codes, .. } => codes,
+        };
+        last.offset + last.len
+    }
+}
+
+impl ValueLayout {
+    fn new(config: &QuantConfig) -> Self {
+        let d = config.head_dim.get();
+        let g = config.group.tokens();
+        let flat_codes = |bits: Bits| d * g * bits.get() as usize / 8;
+        match config.values {
+            ValueScheme::Ternary { .. } => {
+                let scales = Section {
+                    offset: 0,
+                    len: d * 2,
+                };
+                let trits = Section::after(scales, g * trit_row_bytes(d));
+                ValueLayout::Ternary { scales, trits }
+            }
+            ValueScheme::PerToken { bits } => {
+                let channel_group = d.min(g);
+                let params = Section {
+                    offset: 0,
+                    len: g * d.div_ceil(channel_group) * PARAMS,
+                };
+                let codes = Section::after(params, flat_codes(bits));
+                ValueLayout::PerToken {
+                    bits,
+                    channel_group,
+                    params,
+                    codes,
+                }
+            }
+            ValueScheme::PerChannel { bits } => {
+                let params = Section {
+                    offset: 0,
+                    len: d * PARAMS,
+                };
+                let codes = Section::after(params, flat_codes(bits));
+                ValueLayout::PerChannel {
+                    bits,
+                    params,
+                    codes,
+                }
+            }
+        }
+    }
+
+    /// Bytes of one block.
+    pub fn block_bytes(&self) -> usize {
+        let last = match self {
+            ValueLayout::Ternary { trits, .. } => trits,
+            ValueLayout::PerToken { codes, .. } | ValueLayout::PerChannel { codes, .. } => codes,
+        };
+        last.offset + last.len
+    }
+}
+
+/// A validated configuration together with its derived block layouts: what every encode and
+/// decode call takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Codec {
+    config: QuantConfig,
+    keys: KeyLayout,
+    values: ValueLayout,
+}
+
+impl Codec {
+    /// Validates `config` and derives its layouts.
+    pub fn new(config: QuantConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            keys: KeyLayout::new(&config),
+            values: ValueLayout::new(&config),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QuantConfig {
+        &self.config
+    }
+
+    /// Head dimension D.
+    pub fn head_dim(&self) -> usize {
+        self.config.head_dim.get()
+    }
+
+    /// Tokens per block G.
+    pub fn group(&self) -> usize {
+        self.config.group.tokens()
+    }
+
+    /// Elements of one head-block, G·D.
+    pub fn block_elements(&self) -> usize {
+        self.head_dim() * self.group()
+    }
+
+    /// Key block layout.
+    pub fn key_layout(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    /// Value block layout.
+    pub fn value_layout(&self) -> &ValueLayout {
+        &self.values
+    }
+
+    /// Bytes of one key block.
+    pub fn key_block_bytes(&self) -> usize {
+        self.keys.block_bytes()
+    }
+
+    /// Bytes of one value block.
+    pub fn value_block_bytes(&self) -> usize {
+        self.values.block_bytes()
+    }
+
+    /// All-in bits per key element (codes, scales, offsets and mask).
+    pub fn key_bits_per_element(&self) -> f64 {
+        (self.key_block_bytes() * 8) as f64 / self.block_elements() as f64
+    }
+
+    /// All-in bits per value element.
+    pub fn value_bits_per_element(&self) -> f64 {
+        (self.value_block_bytes() * 8) as f64 / self.block_elements() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GroupSize, HeadDim, Scheme};
+
+    fn codec(s: Scheme, d: usize, g: usize) -> Codec {
+        Codec::new(s.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn vidkv_block_sizes_at_d64_g32() {
+        let c = codec(Scheme::Vidkv, 64, 32);
+        // mask 8 + params 32·4 + lane scales 32·2 + codes 32·8 + lane bits 32·4
+        assert_eq!(c.key_block_bytes(), 8 + 128 + 64 + 256 + 128);
+        // scales 64·2 + 32 rows of 13 bytes
+        assert_eq!(c.value_block_bytes(), 128 + 32 * 13);
+        assert!(c.key_bits_per_element() <= 2.35);
+        assert!(c.value_bits_per_element() <= 2.15);
+    }
+
+    #[test]
+    fn sections_tile_the_block_without_gaps() {
+        for s in Scheme::ALL {
+            for d in [16, 18, 64, 80, 96, 112, 128, 256] {
+                for g in [32, 64, 128] {
+                    let c = codec(s, d, g);
+                    match *c.key_layout() {
+                        KeyLayout::Mixed {
+                            outliers,
+                            lanes,
+                            mask,
+                            outlier_params,
+                            lane_scales,
+                            outlier_codes,
+                            lane_bits,
+                        } => {
+                            assert_eq!(outliers + lanes, d);
+                            let secs =
+                                [mask, outlier_params, lane_scales, outlier_codes, lane_bits];
+                            for w in secs.windows(2) {
+                                assert_eq!(w[0].offset + w[0].len, w[1].offset);
+                            }
+                            assert_eq!(mask.offset, 0);
+                        }
+                        KeyLayout::PerChannel { params, codes, .. } => {
+                            assert_eq!(params.offset + params.len, codes.offset);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kivi_per_token_groups_whole_head_when_d_le_g() {
+        let c = codec(Scheme::Kivi2, 64, 128);
+        let ValueLayout::PerToken {
+            channel_group,
+            params,
+            ..
+        } = *c.value_layout()
+        else {
+            panic!("kivi values are per token")
+        };
+        assert_eq!(channel_group, 64);
+        assert_eq!(params.len, 128 * 4);
+        let c = codec(Scheme::Kivi2, 80, 32);
+        let ValueLayout::PerToken {
+            channel_group,
+            params,
+            ..
+        } = *c.value_layout()
+        else {
+            panic!("kivi values are per token")
+        };
+        assert_eq!(channel_group, 32);
+        assert_eq!(params.len, 32 * 3 * 4);
+    }
+
+    #[test]
+    fn mask_roundtrip_and_rejects_stray_bits() {
+        let m = ChannelMask::from_channels([0, 5, 63]);
+        let mut buf = [0u8; 8];
+        m.write(&mut buf);
+        assert_eq!(ChannelMask::read(&buf, 64, 3).unwrap(), m);
+        assert!(ChannelMask::read(&buf, 64, 2).is_err());
+        assert!(ChannelMask::read(&buf, 60, 3).is_err());
+        assert_eq!(m.normals(64).count(), 61);
+    }
+}

@@ -1,0 +1,34 @@
+//! Core of vidkv: what every backend shares.
+//!
+//! * [`config`] — validated quantization settings ([`QuantConfig`]) and the named presets
+//!   ([`Scheme`]) that the CLI and reports use;
+//! * [`layout`] — the byte layout of every block type (format version [`FORMAT_VERSION`]);
+//! * [`pack`] — the one set of bit-packing primitives (1/2/4-bit codes, base-3 trits, f16 fields);
+//! * [`backend`] — the [`KvQuantBackend`] trait that the scalar, SIMD and CUDA backends implement;
+//! * [`error`] — the typed errors every fallible call returns.
+//!
+//! The crate is `no_std` (+ `alloc`) so that embedded and GPU-host runtimes can read the format
+//! without pulling in `std`.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod layout;
+pub mod pack;
+
+pub use backend::{Capability, DType, HeadTensor, KvQuantBackend, Operation};
+pub use config::{
+    Arithmetic, Bits, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys, OutlierScope,
+    QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+};
+pub use error::{Error, Result};
+pub use layout::{AffineParams, ChannelMask, Codec, KeyLayout, Section, ValueLayout};
+
+/// Version of the block byte layouts described in `docs/FORMAT.md`. Any change to encoded bytes
+/// bumps it.
+pub const FORMAT_VERSION: u16 = 1;
