@@ -1,0 +1,314 @@
+//! Key blocks: VidKV mixed precision (DESIGN §1.1) and per-channel min/max codes (§1.5).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use half::f16;
+use vidkv_core::pack::{f16_at, pack_codes, unpack_codes, write_f16s};
+use vidkv_core::{
+    AffineParams, Bits, ChannelMask, Codec, Error, KeyLayout, KeyScheme, LaneRule, MixedKeys,
+    OutlierScope, Result,
+};
+
+use crate::affine;
+use crate::arith::mean_abs;
+use crate::blocks::{BlockIo, read_params, write_params};
+use crate::outliers::ChannelRanges;
+use crate::transform::{LaneTransform, is_imaginary_lane};
+
+/// Encodes row-major `[blocks·G, D]` keys into `out` (`blocks · key_block_bytes`).
+///
+/// `outliers` fixes the outlier channels (layer scope or calibrated); `None` selects them per
+/// block, which block scope requires.
+pub fn encode_key_blocks(
+    codec: &Codec,
+    input: &[f32],
+    outliers: Option<&ChannelMask>,
+    out: &mut [u8],
+) -> Result<()> {
+    let io = BlockIo::for_encode(codec, input, out.len(), codec.key_block_bytes())?;
+    match codec.config().keys {
+        KeyScheme::Mixed(mixed) => {
+            let fixed = fixed_outliers(codec, mixed, outliers)?;
+            let transform = lane_transform(codec, mixed);
+            for (rows, block) in io.blocks(input, out) {
+                encode_mixed(codec, &transform, fixed.as_ref(), rows, block);
+            }
+        }
+        KeyScheme::PerChannel { bits } => {
+            for (rows, block) in io.blocks(input, out) {
+                encode_per_channel(codec, bits, rows, block);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes key blocks into row-major f32 `[blocks·G, D]`.
+pub fn decode_key_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Result<()> {
+    let io = BlockIo::for_decode(codec, encoded.len(), codec.key_block_bytes(), out.len())?;
+    match codec.config().keys {
+        KeyScheme::Mixed(mixed) => {
+            let transform = lane_transform(codec, mixed);
+            for (i, (block, rows)) in io.blocks_mut(encoded, out).enumerate() {
+                decode_mixed(codec, mixed, &transform, block, rows).map_err(|e| io.locate(e, i))?;
+            }
+        }
+        KeyScheme::PerChannel { .. } => {
+            for (i, (block, rows)) in io.blocks_mut(encoded, out).enumerate() {
+                decode_per_channel(codec, block, rows).map_err(|e| io.locate(e, i))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lane transform of a mixed-key codec.
+pub fn lane_transform(codec: &Codec, mixed: MixedKeys) -> LaneTransform {
+    let lanes = codec.head_dim() - mixed.outlier_count(codec.config().head_dim);
+    LaneTransform::new(mixed.transform, lanes)
+}
+
+fn fixed_outliers(
+    codec: &Codec,
+    mixed: MixedKeys,
+    given: Option<&ChannelMask>,
+) -> Result<Option<ChannelMask>> {
+    let d = codec.head_dim();
+    match given {
+        Some(mask) => {
+            let k = mixed.outlier_count(codec.config().head_dim);
+            if mask.count() != k || mask.outliers(d).count() != k {
+                return Err(Error::InvalidConfig {
+                    reason: "the outlier mask must select exactly round(r·D) channels below head_dim",
+                });
+            }
+            Ok(Some(*mask))
+        }
+        None if mixed.scope == OutlierScope::Layer => Err(Error::InvalidConfig {
+            reason: "layer-scope keys need the pooled outlier channels (see layer_outliers)",
+        }),
+        None => Ok(None),
+    }
+}
+
+fn encode_mixed(
+    codec: &Codec,
+    transform: &LaneTransform,
+    fixed: Option<&ChannelMask>,
+    rows: &[f32],
+    block: &mut [u8],
+) {
+    let KeyLayout::Mixed {
+        outliers,
+        lanes,
+        mask,
+        outlier_params,
+        lane_scales,
+        outlier_codes,
+        lane_bits,
+    } = *codec.key_layout()
+    else {
+        unreachable!("mixed key scheme has a mixed layout")
+    };
+    let (d, g, arith) = (codec.head_dim(), codec.group(), codec.config().arithmetic);
+    let chosen = fixed.copied().unwrap_or_else(|| {
+        let mut ranges = ChannelRanges::new(d);
+        ranges.add_rows(rows);
+        ranges.top(arith, outliers)
+    });
+    chosen.write(&mut block[mask.range()]);
+
+    let mut codes = vec![0u8; g];
+    for (i, c) in chosen.outliers(d).enumerate() {
+        let column = || rows.iter().skip(c).step_by(d).copied();
+        let p = affine::fit(arith, Bits::Two, column());
+        write_params(&mut block[outlier_params.range()], i, p);
+        codes
+            .iter_mut()
+            .zip(column())
+            .for_each(|(code, x)| *code = affine::encode(arith, Bits::Two, p, x));
+        pack_codes(
+            2,
+            &codes,
+            &mut block[outlier_codes.offset + i * g / 4..][..g / 4],
+        );
+    }
+
+    let z = transformed_lanes(transform, &chosen, d, rows);
+    let mut bits = vec![0u8; g];
+    for j in 0..lanes {
+        let lane = || z.iter().skip(j).step_by(lanes).copied();
+        let scale = mean_abs(arith, lane());
+        write_f16s(
+            [f16::from_f32(scale)],
+            &mut block[lane_scales.offset + 2 * j..][..2],
+        );
+        bits.iter_mut()
+            .zip(lane())
+            .for_each(|(b, v)| *b = u8::from(v >= 0.0));
+        pack_codes(
+            1,
+            &bits,
+            &mut block[lane_bits.offset + j * g / 8..][..g / 8],
+        );
+    }
+}
+
+/// Gathers the normal channels of every token and transforms them: `[G, M]` row-major.
+fn transformed_lanes(
+    transform: &LaneTransform,
+    mask: &ChannelMask,
+    d: usize,
+    rows: &[f32],
+) -> Vec<f32> {
+    let m = transform.len();
+    let normals: Vec<usize> = mask.normals(d).collect();
+    let mut x = vec![0.0f32; m];
+    let mut z = vec![0.0f32; rows.len() / d * m];
+    for (row, zt) in rows.chunks_exact(d).zip(z.chunks_exact_mut(m.max(1))) {
+        x.iter_mut().zip(&normals).for_each(|(xi, &c)| *xi = row[c]);
+        if m > 0 {
+            transform.forward(&x, zt);
+        }
+    }
+    z
+}
+
+fn decode_mixed(
+    codec: &Codec,
+    mixed: MixedKeys,
+    transform: &LaneTransform,
+    block: &[u8],
+    rows: &mut [f32],
+) -> Result<()> {
+    let KeyLayout::Mixed {
+        outliers,
+        lanes,
+        mask,
+        outlier_params,
+        lane_scales,
+        outlier_codes,
+        lane_bits,
+    } = *codec.key_layout()
+    else {
+        unreachable!("mixed key scheme has a mixed layout")
+    };
+    let (d, g, arith) = (codec.head_dim(), codec.group(), codec.config().arithmetic);
+    let chosen = ChannelMask::read(&block[mask.range()], d, outliers)?;
+
+    let mut codes = vec![0u8; g];
+    for (i, c) in chosen.outliers(d).enumerate() {
+        let p = read_params(&block[outlier_params.range()], i, outlier_params.offset)?;
+        unpack_codes(
+            2,
+            &block[outlier_codes.offset + i * g / 4..][..g / 4],
+            &mut codes,
+        );
+        for (row, &code) in rows.chunks_exact_mut(d).zip(&codes) {
+            row[c] = affine::decode(arith, p, code);
+        }
+    }
+
+    let scales = lane_scales_of(&block[lane_scales.range()], lane_scales.offset)?;
+    let normals: Vec<usize> = chosen.normals(d).collect();
+    let (mut zt, mut xt, mut bits) = (
+        vec![0.0f32; lanes],
+        vec![0.0f32; lanes],
+        vec![0u8; g * lanes],
+    );
+    for j in 0..lanes {
+        unpack_codes(
+            1,
+            &block[lane_bits.offset + j * g / 8..][..g / 8],
+            &mut bits[j * g..][..g],
+        );
+    }
+    for (t, row) in rows.chunks_exact_mut(d).enumerate() {
+        for (j, z) in zt.iter_mut().enumerate() {
+            *z = lane_value(mixed.lane_rule, j, bits[j * g + t], scales[j]);
+        }
+        if lanes > 0 {
+            transform.inverse(&zt, &mut xt);
+        }
+        normals.iter().zip(&xt).for_each(|(&c, &x)| row[c] = x);
+    }
+    Ok(())
+}
+
+/// Reads and checks the f16 lane scales (finite and non-negative, as an encoder writes them).
+pub fn lane_scales_of(bytes: &[u8], offset: usize) -> Result<Vec<f32>> {
+    (0..bytes.len() / 2)
+        .map(|j| {
+            let s = f16_at(bytes, j);
+            if s.is_finite() && !s.is_sign_negative() {
+                Ok(s.to_f32())
+            } else {
+                Err(Error::Corrupt {
+                    what: "lane scale not finite and non-negative",
+                    offset: offset + 2 * j,
+                })
+            }
+        })
+        .collect()
+}
+
+/// The decoded value of lane `j` with sign bit `bit` and scale `s`.
+#[inline]
+pub fn lane_value(rule: LaneRule, j: usize, bit: u8, s: f32) -> f32 {
+    let sign = if bit == 1 { 1.0 } else { -1.0 };
+    match rule {
+        LaneRule::Symmetric => sign * s,
+        LaneRule::PaperCompat if is_imaginary_lane(j) => sign * s * 0.5,
+        LaneRule::PaperCompat => f32::from(bit) * s,
+    }
+}
+
+fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8]) {
+    let KeyLayout::PerChannel { params, codes, .. } = *codec.key_layout() else {
+        unreachable!("per-channel key scheme has a per-channel layout")
+    };
+    let (d, g, arith) = (codec.head_dim(), codec.group(), codec.config().arithmetic);
+    let per_channel = g * bits.get() as usize / 8;
+    let mut column_codes = vec![0u8; g];
+    for c in 0..d {
+        let column = || rows.iter().skip(c).step_by(d).copied();
+        let p: AffineParams = affine::fit(arith, bits, column());
+        write_params(&mut block[params.range()], c, p);
+        column_codes
+            .iter_mut()
+            .zip(column())
+            .for_each(|(code, x)| *code = affine::encode(arith, bits, p, x));
+        pack_codes(
+            bits.get(),
+            &column_codes,
+            &mut block[codes.offset + c * per_channel..][..per_channel],
+        );
+    }
+}
+
+fn decode_per_channel(codec: &Codec, block: &[u8], rows: &mut [f32]) -> Result<()> {
+    let KeyLayout::PerChannel {
+        bits,
+        params,
+        codes,
+    } = *codec.key_layout()
+    else {
+        unreachable!("per-channel key scheme has a per-channel layout")
+    };
+    let (d, g, arith) = (codec.head_dim(), codec.group(), codec.config().arithmetic);
+    let per_channel = g * bits.get() as usize / 8;
+    let mut column_codes = vec![0u8; g];
+    for c in 0..d {
+        let p = read_params(&block[params.range()], c, params.offset)?;
+        unpack_codes(
+            bits.get(),
+            &block[codes.offset + c * per_channel..][..per_channel],
+            &mut column_codes,
+        );
+        for (row, &code) in rows.chunks_exact_mut(d).zip(&column_codes) {
+            row[c] = affine::decode(arith, p, code);
+        }
+    }
+    Ok(())
+}
