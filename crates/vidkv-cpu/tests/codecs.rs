@@ -482,3 +482,28 @@ fn reported_sizes_match_produced_bytes() {
         );
     }
 }
+
+/// The worked example of docs/FORMAT.md, byte for byte.
+#[test]
+fn format_doc_worked_example() {
+    let codec = Codec::new(Scheme::Pc2.config(HeadDim::new(16).unwrap(), GroupSize::G32)).unwrap();
+    let mut x = vec![0.25f32; 32 * 16];
+    let channel0 = [-1.0, 0.4, 0.6, 2.0];
+    for t in 0..32 {
+        x[t * 16] = *channel0.get(t).unwrap_or(&-1.0);
+    }
+    let (enc, dec) = roundtrip_keys(&codec, &x, None);
+    assert_eq!(&enc[..4], &[0x00, 0xBC, 0x00, 0x3C]);
+    assert_eq!(&enc[64..72], &[0xE4, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        &dec[..16 * 5]
+            .iter()
+            .step_by(16)
+            .copied()
+            .collect::<Vec<_>>(),
+        &[-1.0, 0.0, 1.0, 2.0, -1.0]
+    );
+    let mut row = [0u8; 4];
+    vidkv_core::pack::pack_trits(&[1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &mut row);
+    assert_eq!(row[0], 0xC8);
+}
