@@ -60,6 +60,23 @@ pub enum Error {
         /// Why it is unsupported.
         reason: &'static str,
     },
+    /// A `.vkv` container that is damaged, truncated or inconsistent (see
+    /// [`crate::container`]).
+    Container {
+        /// What was found to be wrong.
+        what: &'static str,
+        /// Byte offset in the file where it was found.
+        offset: usize,
+    },
+    /// A `.vkv` container (or block format) version this build cannot read.
+    UnsupportedVersion {
+        /// Which version field.
+        what: &'static str,
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// A backend-specific failure (driver error, allocation failure, …).
     Backend {
         /// Backend name.
@@ -115,6 +132,17 @@ impl fmt::Display for Error {
                     "backend {backend} does not support {operation}: {reason}"
                 )
             }
+            Error::Container { what, offset } => {
+                write!(f, "bad .vkv container: {what} (at byte {offset})")
+            }
+            Error::UnsupportedVersion {
+                what,
+                found,
+                supported,
+            } => write!(
+                f,
+                "unsupported {what} {found}: this build reads version {supported}"
+            ),
             Error::Backend { backend, message } => write!(f, "backend {backend} failed: {message}"),
         }
     }

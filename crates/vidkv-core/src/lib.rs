@@ -5,6 +5,7 @@
 //! * [`layout`] — the byte layout of every block type (format version [`FORMAT_VERSION`]);
 //! * [`pack`] — the one set of bit-packing primitives (1/2/4-bit codes, base-3 trits, f16 fields);
 //! * [`backend`] — the [`KvQuantBackend`] trait that the scalar, SIMD and CUDA backends implement;
+//! * [`container`] — the `.vkv` file that holds a whole quantized cache;
 //! * [`error`] — the typed errors every fallible call returns.
 //!
 //! The crate is `no_std` (+ `alloc`) so that embedded and GPU-host runtimes can read the format
@@ -17,6 +18,7 @@ extern crate alloc;
 
 pub mod backend;
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod layout;
 pub mod pack;
