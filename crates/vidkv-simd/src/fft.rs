@@ -1,0 +1,216 @@
+//! The transform adjoint `w = T⁻ᵀ(q)` for many queries at once, structure-of-arrays: element
+//! `n` of a row is a `[f32; W]` holding that element for `W` queries, so every operation below
+//! is one SIMD operation once the caller is compiled with a vector target feature.
+//!
+//! For the FFT, `w_j = c_k/M · (Re X_k or Im X_k)` with `X = DFT(q)` (forward, unnormalised) and
+//! `c_k` = 1 at DC and Nyquist, 2 elsewhere — the adjoint of the one-sided inverse (see
+//! `vidkv_cpu::transform`). A power-of-two `M ≥ 4` uses a half-length complex FFT; other sizes
+//! and Hadamard use the dense matrix, Identity is a copy.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::f64::consts::PI;
+
+use vidkv_core::Transform;
+use vidkv_cpu::transform::LaneTransform;
+
+/// Queries per structure-of-arrays row.
+pub const W: usize = 8;
+
+/// A row element for `W` queries.
+pub type Lanes = [f32; W];
+
+#[inline(always)]
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    core::array::from_fn(|i| a[i] + b[i])
+}
+#[inline(always)]
+fn sub(a: Lanes, b: Lanes) -> Lanes {
+    core::array::from_fn(|i| a[i] - b[i])
+}
+#[inline(always)]
+fn scale(a: Lanes, s: f32) -> Lanes {
+    core::array::from_fn(|i| a[i] * s)
+}
+#[inline(always)]
+fn mul_add(acc: Lanes, a: Lanes, s: f32) -> Lanes {
+    core::array::from_fn(|i| acc[i] + a[i] * s)
+}
+
+/// Precomputed adjoint of one lane transform.
+#[derive(Debug, Clone)]
+pub enum Adjoint {
+    /// Copy (Identity).
+    Copy,
+    /// Half-length complex FFT (power-of-two M ≥ 4).
+    Fft {
+        /// M.
+        m: usize,
+        /// Bit-reversal permutation of M/2.
+        rev: Vec<usize>,
+        /// `e^{−2πi k/M}` for k < M/2: (cos, −sin).
+        tw: Vec<(f32, f32)>,
+    },
+    /// Dense `M × M` matrix, row-major: `w_j = Σ_n a[j·M + n]·q_n`.
+    Dense {
+        /// M.
+        m: usize,
+        /// The matrix.
+        a: Vec<f32>,
+    },
+}
+
+impl Adjoint {
+    /// Builds the adjoint for `kind` on `m` lanes.
+    pub fn new(kind: Transform, m: usize) -> Self {
+        match kind {
+            Transform::Identity => Adjoint::Copy,
+            Transform::Fft if m >= 4 && m.is_power_of_two() => {
+                let half = m / 2;
+                let bits = half.trailing_zeros();
+                let rev = (0..half)
+                    .map(|i| i.reverse_bits() >> (usize::BITS - bits))
+                    .collect();
+                let tw = (0..half)
+                    .map(|k| {
+                        let a = 2.0 * PI * k as f64 / m as f64;
+                        (libm::cos(a) as f32, -libm::sin(a) as f32)
+                    })
+                    .collect();
+                Adjoint::Fft { m, rev, tw }
+            }
+            _ => {
+                let t = LaneTransform::new(kind, m);
+                let mut a = vec![0.0f32; m * m];
+                let (mut e, mut col) = (vec![0.0f32; m], vec![0.0f32; m]);
+                for n in 0..m {
+                    e.iter_mut().for_each(|v| *v = 0.0);
+                    e[n] = 1.0;
+                    t.inverse_adjoint(&e, &mut col);
+                    for (j, &v) in col.iter().enumerate() {
+                        a[j * m + n] = v;
+                    }
+                }
+                Adjoint::Dense { m, a }
+            }
+        }
+    }
+
+    /// `w = T⁻ᵀ(x)` for W queries; `scratch` holds at least `2·M` rows.
+    #[inline(always)]
+    pub fn apply(&self, x: &[Lanes], w: &mut [Lanes], scratch: &mut [Lanes]) {
+        match self {
+            Adjoint::Copy => w.copy_from_slice(x),
+            Adjoint::Dense { m, a } => {
+                for (j, wj) in w.iter_mut().enumerate().take(*m) {
+                    let row = &a[j * m..][..*m];
+                    let mut acc = [0.0f32; W];
+                    for (xn, &c) in x.iter().zip(row) {
+                        acc = mul_add(acc, *xn, c);
+                    }
+                    *wj = acc;
+                }
+            }
+            Adjoint::Fft { m, rev, tw } => fft_adjoint(*m, rev, tw, x, w, scratch),
+        }
+    }
+}
+
+/// Real DFT of M points through a complex FFT of M/2 points, then the adjoint's lane scaling.
+#[inline(always)]
+fn fft_adjoint(
+    m: usize,
+    rev: &[usize],
+    tw: &[(f32, f32)],
+    x: &[Lanes],
+    w: &mut [Lanes],
+    scratch: &mut [Lanes],
+) {
+    let half = m / 2;
+    let (re, im) = scratch[..2 * half].split_at_mut(half);
+    // z_n = x_2n + i x_2n+1, in bit-reversed order.
+    for (n, &r) in rev.iter().enumerate() {
+        re[r] = x[2 * n];
+        im[r] = x[2 * n + 1];
+    }
+    // Radix-2 DIT butterflies; twiddle for span `s` at index i is e^{−2πi·i/(2s)} = tw[i·M/(2s)].
+    let mut span = 1;
+    while span < half {
+        let step = m / (2 * span);
+        for start in (0..half).step_by(2 * span) {
+            for i in 0..span {
+                let (c, s) = tw[i * step];
+                let (a, b) = (start + i, start + i + span);
+                let (br, bi) = (re[b], im[b]);
+                let tr = sub(scale(br, c), scale(bi, s));
+                let ti = add(scale(br, s), scale(bi, c));
+                re[b] = sub(re[a], tr);
+                im[b] = sub(im[a], ti);
+                re[a] = add(re[a], tr);
+                im[a] = add(im[a], ti);
+            }
+        }
+        span *= 2;
+    }
+    // X_k = (Z_k + conj Z_{N−k})/2 − i/2 · e^{−2πik/M} (Z_k − conj Z_{N−k}), k = 0..=N.
+    let inv_m = 1.0 / m as f32;
+    // k = 0 and k = N (Nyquist) from Z_0: X_0 = Re Z0 + Im Z0, X_N = Re Z0 − Im Z0.
+    w[0] = scale(add(re[0], im[0]), inv_m);
+    w[m - 1] = scale(sub(re[0], im[0]), inv_m);
+    for k in 1..half {
+        let nk = half - k;
+        let (zr, zi, yr, yi) = (re[k], im[k], re[nk], im[nk]);
+        // E = (Z_k + conj Z_{N−k})/2, O = (Z_k − conj Z_{N−k})/(2i)
+        let er = scale(add(zr, yr), 0.5);
+        let ei = scale(sub(zi, yi), 0.5);
+        let or = scale(add(zi, yi), 0.5);
+        let oi = scale(sub(yr, zr), 0.5);
+        let (c, s) = tw[k];
+        // X_k = E + t·O with t = c + i s
+        let xr = add(er, sub(scale(or, c), scale(oi, s)));
+        let xi = add(ei, add(scale(or, s), scale(oi, c)));
+        w[2 * k - 1] = scale(xr, 2.0 * inv_m);
+        w[2 * k] = scale(xi, 2.0 * inv_m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soa_adjoint_matches_the_scalar_adjoint() {
+        for (kind, m) in [
+            (Transform::Fft, 64),
+            (Transform::Fft, 4),
+            (Transform::Fft, 32),
+            (Transform::Fft, 128),
+            (Transform::Fft, 40),
+            (Transform::Fft, 7),
+            (Transform::Hadamard, 64),
+            (Transform::Identity, 10),
+        ] {
+            let adj = Adjoint::new(kind, m);
+            let t = LaneTransform::new(kind, m);
+            let x: Vec<Lanes> = (0..m)
+                .map(|n| core::array::from_fn(|h| libm::sinf((n * 7 + h * 3) as f32 * 0.37) * 2.0))
+                .collect();
+            let mut w = vec![[0.0; W]; m];
+            let mut scratch = vec![[0.0; W]; 2 * m];
+            adj.apply(&x, &mut w, &mut scratch);
+            for h in 0..W {
+                let q: Vec<f32> = x.iter().map(|r| r[h]).collect();
+                let mut want = vec![0.0; m];
+                t.inverse_adjoint(&q, &mut want);
+                for j in 0..m {
+                    assert!(
+                        (w[j][h] - want[j]).abs() < 1e-5,
+                        "{kind:?} m={m} h={h} j={j}: {} vs {}",
+                        w[j][h],
+                        want[j]
+                    );
+                }
+            }
+        }
+    }
+}

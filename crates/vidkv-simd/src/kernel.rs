@@ -1,0 +1,576 @@
+//! The fused decode-attention kernel on packed VidKV blocks, generic over an instruction set.
+//!
+//! Work per 32-token sub-block, shared by every query head of the GQA group:
+//! * **keys** — the 1-bit lanes and the 2-bit outlier codes are unpacked once into a
+//!   token-major byte matrix (4 channels per 32-bit word, one word per token) with a byte
+//!   shuffle and an AND: a lane bit becomes `bit · 2^(t mod 8)` and an outlier code
+//!   `code · 4^(t mod 4)` (the per-token power of two is divided out of the score, exactly);
+//! * each query's per-block weights (`α_j = 2·w_j·s_j` for lanes with `w = T⁻ᵀ(q)`,
+//!   `q_c · step_c` for outliers) are quantized to int8 with one f32 scale per block and query,
+//!   and a score is an integer dot product (`vpdpbusd`, `pmaddubsw`+`pmaddwd`, `sdot`);
+//! * online softmax in f32; the weights `p_t` are quantized to 8 bits per block;
+//! * **values** — four token rows of base-3 bytes are interleaved so that one 32-bit word holds
+//!   the same byte of four tokens; the five digits are extracted with the multiply-by-3 trick
+//!   (`q' = ⌈256·b/243⌉`, digit = `⌊3·t/256⌋`, `t ← 3·t mod 256`) and dotted with the quantized
+//!   `p` — accumulators are per (digit, byte) "slot", mapped back to channels once per block.
+//!
+//! The instruction-set specific part is the [`Isa`] trait (code unpacking, byte interleave, digit
+//! extraction and the 4-way integer dot product on 256-bit registers); everything else is
+//! portable f32 code compiled inside the level's `#[target_feature]` entry point, so it is
+//! vectorized for that level too.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use vidkv_core::layout::trit_row_bytes;
+use vidkv_core::{
+    ChannelMask, Codec, Error, KeyLayout, KeyScheme, LaneRule, Result, ValueLayout, ValueScheme,
+};
+use vidkv_cpu::transform::is_imaginary_lane;
+
+use crate::attend::HeadCache;
+use crate::fft::{Adjoint, Lanes, W};
+use crate::math::{exp_approx, f16_bits_to_f32};
+
+/// Tokens per sub-block: the unit of the integer kernels.
+pub const SUB: usize = 32;
+
+/// What an instruction set provides to the generic kernel. All methods require the level's
+/// target features (callers are `#[target_feature]` functions entered after detection).
+pub(crate) trait Isa {
+    /// A 256-bit integer register (8 × 32-bit words).
+    type V: Copy;
+    /// Largest |int8| lane weight.
+    const LANE_QMAX: f32;
+    /// Largest |int8| outlier weight (AVX2's `pmaddubsw` saturates above 85 with codes ≤ 192).
+    const OUT_QMAX: f32;
+    /// Largest quantized softmax weight.
+    const P_MAX: f32;
+    /// Value of a set lane bit of token `t`, by `t mod 8`.
+    const LANE_CODE: [f32; 8];
+    /// Multiplier of an outlier code of token `t`, by `t mod 4`.
+    const OUT_CODE: [f32; 4];
+    /// Value accumulator registers kept live at once.
+    const VAL_CHUNK: usize;
+
+    /// All zero.
+    unsafe fn zero() -> Self::V;
+    /// `x` in every 32-bit word.
+    unsafe fn splat(x: u32) -> Self::V;
+    /// The eight 32-bit words.
+    unsafe fn store_i32(v: Self::V, out: &mut [i32; 8]);
+    /// Per 32-bit word: `acc + Σ_{i<4} a_i·b_i` (keys: a = codes, b = int8 weights; values:
+    /// a = quantized p, b = digits), exact for the operand ranges this kernel produces.
+    unsafe fn dot(acc: Self::V, a: Self::V, b: Self::V) -> Self::V;
+    /// Codes of 4 lanes × 32 tokens from 16 bytes `[W0 W1 W2 W3]` (each lane's 32 sign bits,
+    /// LE): register `r` holds tokens `8r..8r+8`, byte `m` of word `t` is lane `m`'s code.
+    unsafe fn lane_codes(chunk: *const u8, out: &mut [Self::V; 4]);
+    /// Codes of 4 outlier channels × 32 tokens from 32 bytes (8 per channel), same layout.
+    unsafe fn outlier_codes(chunk: *const u8, out: &mut [Self::V; 4]);
+    /// Interleaves 32 bytes of four rows: word `(o, p)` of output `o` holds byte `k` of rows
+    /// 0..4, `k = 16·(p ≥ 4) + 4·o + p mod 4`.
+    unsafe fn interleave4(rows: [*const u8; 4], out: &mut [Self::V; 4]);
+    /// Per byte `b`: `⌈256·b/243⌉ + 128 (mod 256)`.
+    unsafe fn biased_qprime(x: Self::V) -> Self::V;
+    /// Per byte: `3·t mod 256`.
+    unsafe fn triple(x: Self::V) -> Self::V;
+    /// Per byte of a biased `t`: `−⌊3·t/256⌋` as int8 (0, −1 or −2).
+    unsafe fn neg_digit(tb: Self::V) -> Self::V;
+}
+
+/// Derived geometry of a mixed-key / ternary-value codec.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    d: usize,
+    g: usize,
+    k: usize,
+    m: usize,
+    lane_groups: usize,
+    out_groups: usize,
+    rule: LaneRule,
+    adjoint: Adjoint,
+    key_bytes: usize,
+    value_bytes: usize,
+    mask: vidkv_core::Section,
+    outlier_params: vidkv_core::Section,
+    lane_scales: vidkv_core::Section,
+    outlier_codes: vidkv_core::Section,
+    lane_bits: vidkv_core::Section,
+    v_scales: vidkv_core::Section,
+    v_trits: vidkv_core::Section,
+    row_bytes: usize,
+    segs: usize,
+    /// Channel of each value accumulator slot (`usize::MAX` for padding).
+    slot_channel: Vec<usize>,
+}
+
+impl Plan {
+    /// The plan, or `None` when the codec is not VidKV mixed keys + ternary values.
+    pub fn new(codec: &Codec) -> Option<Self> {
+        let KeyScheme::Mixed(mixed) = codec.config().keys else {
+            return None;
+        };
+        let ValueScheme::Ternary { .. } = codec.config().values else {
+            return None;
+        };
+        let KeyLayout::Mixed {
+            outliers,
+            lanes,
+            mask,
+            outlier_params,
+            lane_scales,
+            outlier_codes,
+            lane_bits,
+        } = *codec.key_layout()
+        else {
+            return None;
+        };
+        let ValueLayout::Ternary { scales, trits } = *codec.value_layout() else {
+            return None;
+        };
+        let d = codec.head_dim();
+        let row_bytes = trit_row_bytes(d);
+        let segs = row_bytes.div_ceil(32);
+        let mut slot_channel = vec![usize::MAX; segs * 5 * 32];
+        for (slot, ch) in slot_channel.iter_mut().enumerate() {
+            let (seg, rest) = (slot / 160, slot % 160);
+            let (digit, rest) = (rest / 32, rest % 32);
+            let (o, p) = (rest / 8, rest % 8);
+            let kk = 32 * seg + 16 * usize::from(p >= 4) + 4 * o + p % 4;
+            let c = 5 * kk + digit;
+            if kk < row_bytes && c < d {
+                *ch = c;
+            }
+        }
+        Some(Self {
+            d,
+            g: codec.group(),
+            k: outliers,
+            m: lanes,
+            lane_groups: lanes.div_ceil(4),
+            out_groups: outliers.div_ceil(4),
+            rule: mixed.lane_rule,
+            adjoint: Adjoint::new(mixed.transform, lanes),
+            key_bytes: codec.key_block_bytes(),
+            value_bytes: codec.value_block_bytes(),
+            mask,
+            outlier_params,
+            lane_scales,
+            outlier_codes,
+            lane_bits,
+            v_scales: scales,
+            v_trits: trits,
+            row_bytes,
+            segs,
+            slot_channel,
+        })
+    }
+
+    fn slots(&self) -> usize {
+        self.slot_channel.len()
+    }
+}
+
+/// Running softmax state of the quantized part for one query chunk.
+#[derive(Debug)]
+pub(crate) struct QuantState {
+    /// Running max per query.
+    pub m: [f32; W],
+    /// Running denominator per query.
+    pub l: [f32; W],
+    /// Weighted value sums per query, per slot.
+    pub o_slots: Vec<f32>,
+}
+
+fn corrupt(what: &'static str, offset: usize) -> Error {
+    Error::Corrupt { what, offset }
+}
+
+/// Converts `n` LE f16 values at `bytes` to f32; `Err(i)` for the first non-finite or negative
+/// one when `nonneg`, else for the first non-finite one.
+#[inline(always)]
+fn f16s(bytes: &[u8], out: &mut [f32], nonneg: bool) -> core::result::Result<(), usize> {
+    let mut bad = false;
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let h = u16::from_le_bytes([c[0], c[1]]);
+        bad |= h & 0x7c00 == 0x7c00 || (nonneg && h & 0x8000 != 0 && h != 0x8000);
+        *o = f16_bits_to_f32(h);
+    }
+    if bad {
+        let i = bytes
+            .chunks_exact(2)
+            .position(|c| {
+                let h = u16::from_le_bytes([c[0], c[1]]);
+                h & 0x7c00 == 0x7c00 || (nonneg && h & 0x8000 != 0 && h != 0x8000)
+            })
+            .unwrap_or(0);
+        return Err(i);
+    }
+    Ok(())
+}
+
+/// Quantizes `x[0..n]` to int8 with `|q| ≤ qmax`; returns the f32 scale (0 for all-zero input).
+#[inline(always)]
+fn quantize(x: &[f32], qmax: f32, out: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    if amax == 0.0 {
+        out.iter_mut().for_each(|o| *o = 0);
+        return 0.0;
+    }
+    let inv = qmax / amax;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::math::round_to_i32(v * inv) as i8;
+    }
+    amax / qmax
+}
+
+/// Runs the quantized part of attention for up to `W` queries over all blocks.
+///
+/// `qt[c]` holds channel `c` of every query (already scaled by 1/√D), queries `hq..W` zero.
+///
+/// # Safety
+/// The CPU must support `I`'s target features.
+#[inline(always)]
+pub(crate) unsafe fn quantized_part<I: Isa>(
+    plan: &Plan,
+    qt: &[Lanes],
+    hq: usize,
+    cache: &HeadCache<'_>,
+    state: &mut QuantState,
+) -> Result<()> {
+    let (d, m, k) = (plan.d, plan.m, plan.k);
+    let (lg, og) = (plan.lane_groups, plan.out_groups);
+    let subs = plan.g / SUB;
+    let slots = plan.slots();
+
+    // Per-mask state.
+    let mut prev_mask: Option<ChannelMask> = None;
+    let mut normals: Vec<usize> = Vec::with_capacity(d);
+    let mut outl: Vec<usize> = Vec::with_capacity(d);
+    let mut x = vec![[0.0f32; W]; m.max(1)];
+    let mut w = vec![[0.0f32; W]; m.max(1)];
+    let mut fft_scratch = vec![[0.0f32; W]; 2 * m.max(1)];
+    // Per-block state.
+    let mut s_lane = vec![0.0f32; m];
+    let mut params = vec![0.0f32; 2 * k];
+    let mut alpha = vec![0.0f32; 4 * lg.max(og)];
+    let mut alpha_l = vec![0i8; W * 4 * lg];
+    let mut alpha_o = vec![0i8; W * 4 * og];
+    let mut sc_l = [0.0f32; W];
+    let mut sc_o = [0.0f32; W];
+    let mut cst;
+    let mut v_scale = vec![0.0f32; d];
+    let mut slot_scale = vec![0.0f32; slots];
+    // Per-sub-block scratch.
+    // SAFETY: the caller guarantees `I`'s target features.
+    let zero = unsafe { I::zero() };
+    let mut lcodes = vec![zero; 4 * lg];
+    let mut ocodes = vec![zero; 4 * og];
+    let mut digits = vec![zero; 8 * plan.segs * 20];
+    let mut chunk = [0u8; 32];
+    let mut pad_rows = [[0u8; 32]; 4];
+    let mut acc_l = [[0i32; 8]; 4];
+    let mut acc_o = [[0i32; 8]; 4];
+    let mut acc_v = vec![[0i32; 8]; plan.segs * 20];
+    let mut pq = [[0u8; SUB]; W];
+    let mut lane_inv = [0.0f32; SUB];
+    let mut out_inv = [0.0f32; SUB];
+    for t in 0..SUB {
+        lane_inv[t] = 1.0 / I::LANE_CODE[t % 8];
+        out_inv[t] = 1.0 / I::OUT_CODE[t % 4];
+    }
+    let vlen = cache.value_blocks.len();
+
+    for b in 0..cache.blocks {
+        let kb = &cache.key_blocks[b * plan.key_bytes..][..plan.key_bytes];
+        let vb_off = b * plan.value_bytes;
+        let vb = &cache.value_blocks[vb_off..][..plan.value_bytes];
+        let kb_off = b * plan.key_bytes;
+
+        // ---- keys: mask, adjoint, weights ----
+        let mask = ChannelMask::read(&kb[plan.mask.range()], d, k)
+            .map_err(|_| corrupt("outlier channel mask", kb_off + plan.mask.offset))?;
+        if prev_mask != Some(mask) {
+            normals.clear();
+            outl.clear();
+            for c in 0..d {
+                if mask.contains(c) {
+                    outl.push(c);
+                } else {
+                    normals.push(c);
+                }
+            }
+            if m > 0 {
+                for (xn, &c) in x.iter_mut().zip(&normals) {
+                    *xn = qt[c];
+                }
+                plan.adjoint.apply(&x[..m], &mut w[..m], &mut fft_scratch);
+            }
+            prev_mask = Some(mask);
+        }
+        f16s(&kb[plan.lane_scales.range()], &mut s_lane, true).map_err(|i| {
+            corrupt(
+                "lane scale not finite and non-negative",
+                kb_off + plan.lane_scales.offset + 2 * i,
+            )
+        })?;
+        f16s(&kb[plan.outlier_params.range()], &mut params, false).map_err(|i| {
+            corrupt(
+                "affine parameters not finite or step negative",
+                kb_off + plan.outlier_params.offset + 2 * i,
+            )
+        })?;
+        if let Some(i) = (0..k).find(|&i| params[2 * i + 1] < 0.0) {
+            return Err(corrupt(
+                "affine parameters not finite or step negative",
+                kb_off + plan.outlier_params.offset + 4 * i,
+            ));
+        }
+        cst = [0.0; W];
+        // Lanes: α_j = fa_j·w_j·s_j, constant Σ fb_j·w_j·s_j.
+        for h in 0..hq {
+            alpha.iter_mut().for_each(|a| *a = 0.0);
+            let mut c = 0.0f32;
+            for j in 0..m {
+                let ws = w[j][h] * s_lane[j];
+                let (fa, fb) = match plan.rule {
+                    LaneRule::Symmetric => (2.0, -1.0),
+                    LaneRule::PaperCompat if is_imaginary_lane(j) => (1.0, -0.5),
+                    LaneRule::PaperCompat => (1.0, 0.0),
+                };
+                alpha[j] = fa * ws;
+                c += fb * ws;
+            }
+            cst[h] = c;
+            sc_l[h] = quantize(
+                &alpha[..4 * lg],
+                I::LANE_QMAX,
+                &mut alpha_l[h * 4 * lg..][..4 * lg],
+            );
+            // Outliers: α_i = q_c·step_i, constant Σ q_c·lo_i.
+            alpha.iter_mut().for_each(|a| *a = 0.0);
+            let mut c = 0.0f32;
+            for (i, &ch) in outl.iter().enumerate() {
+                alpha[i] = qt[ch][h] * params[2 * i + 1];
+                c += qt[ch][h] * params[2 * i];
+            }
+            cst[h] += c;
+            sc_o[h] = quantize(
+                &alpha[..4 * og],
+                I::OUT_QMAX,
+                &mut alpha_o[h * 4 * og..][..4 * og],
+            );
+        }
+
+        // ---- values: scales and trit check ----
+        f16s(&vb[plan.v_scales.range()], &mut v_scale, true).map_err(|i| {
+            corrupt(
+                "ternary scale not finite and non-negative",
+                vb_off + plan.v_scales.offset + 2 * i,
+            )
+        })?;
+        let trits = &vb[plan.v_trits.range()];
+        if trits.iter().fold(0u8, |a, &v| a.max(v)) > vidkv_core::pack::MAX_TRIT_BYTE {
+            let i = trits
+                .iter()
+                .position(|&v| v > vidkv_core::pack::MAX_TRIT_BYTE)
+                .unwrap_or(0);
+            let row = i / plan.row_bytes;
+            return Err(corrupt(
+                "trit byte above 242",
+                vb_off + plan.v_trits.offset + row * plan.row_bytes,
+            ));
+        }
+        for (s, &c) in slot_scale.iter_mut().zip(&plan.slot_channel) {
+            *s = if c < d { v_scale[c] } else { 0.0 };
+        }
+
+        for sb in 0..subs {
+            // ---- key codes for 32 tokens ----
+            for gi in 0..lg {
+                let ptr = if subs == 1 && 4 * gi + 4 <= m {
+                    // In bounds: lanes 4gi..4gi+4 end at or before the lane-bits section end.
+                    kb[plan.lane_bits.offset + 16 * gi..][..16].as_ptr()
+                } else {
+                    chunk[..16].iter_mut().for_each(|c| *c = 0);
+                    for jj in 0..4 {
+                        let j = 4 * gi + jj;
+                        if j < m {
+                            let src = plan.lane_bits.offset + j * plan.g / 8 + 4 * sb;
+                            chunk[4 * jj..4 * jj + 4].copy_from_slice(&kb[src..src + 4]);
+                        }
+                    }
+                    chunk.as_ptr()
+                };
+                let mut r = [zero; 4];
+                // SAFETY: `ptr` addresses 16 readable bytes; target features as above.
+                unsafe { I::lane_codes(ptr, &mut r) };
+                lcodes[4 * gi..4 * gi + 4].copy_from_slice(&r);
+            }
+            for gi in 0..og {
+                let ptr = if subs == 1 && 4 * gi + 4 <= k {
+                    kb[plan.outlier_codes.offset + 32 * gi..][..32].as_ptr()
+                } else {
+                    chunk.iter_mut().for_each(|c| *c = 0);
+                    for ii in 0..4 {
+                        let i = 4 * gi + ii;
+                        if i < k {
+                            let src = plan.outlier_codes.offset + i * plan.g / 4 + 8 * sb;
+                            chunk[8 * ii..8 * ii + 8].copy_from_slice(&kb[src..src + 8]);
+                        }
+                    }
+                    chunk.as_ptr()
+                };
+                let mut r = [zero; 4];
+                // SAFETY: `ptr` addresses 32 readable bytes; target features as above.
+                unsafe { I::outlier_codes(ptr, &mut r) };
+                ocodes[4 * gi..4 * gi + 4].copy_from_slice(&r);
+            }
+
+            // ---- value digits for 32 tokens ----
+            for qd in 0..SUB / 4 {
+                for seg in 0..plan.segs {
+                    let mut rows = [core::ptr::null::<u8>(); 4];
+                    for (u, row) in rows.iter_mut().enumerate() {
+                        let t = sb * SUB + 4 * qd + u;
+                        let off = vb_off + plan.v_trits.offset + t * plan.row_bytes + 32 * seg;
+                        *row = if off + 32 <= vlen {
+                            cache.value_blocks[off..off + 32].as_ptr()
+                        } else {
+                            let avail = vlen - off;
+                            pad_rows[u][..avail].copy_from_slice(&cache.value_blocks[off..]);
+                            pad_rows[u][avail..].iter_mut().for_each(|c| *c = 0);
+                            pad_rows[u].as_ptr()
+                        };
+                    }
+                    let mut inter = [zero; 4];
+                    let base = (qd * plan.segs + seg) * 20;
+                    // SAFETY: each row pointer addresses 32 readable bytes; target features as
+                    // above.
+                    unsafe {
+                        I::interleave4(rows, &mut inter);
+                        for (o, &v) in inter.iter().enumerate() {
+                            let mut tb = I::biased_qprime(v);
+                            // The first digit out is the most significant (d4).
+                            for dg in (0..5).rev() {
+                                digits[base + dg * 4 + o] = I::neg_digit(tb);
+                                tb = I::triple(tb);
+                            }
+                        }
+                    }
+                }
+            }
+
+            for h in 0..hq {
+                // ---- scores ----
+                // SAFETY: register arithmetic only; target features as above.
+                unsafe {
+                    let mut al = [zero; 4];
+                    let aq = &alpha_l[h * 4 * lg..][..4 * lg];
+                    for gi in 0..lg {
+                        let wv = I::splat(u32::from_le_bytes([
+                            aq[4 * gi] as u8,
+                            aq[4 * gi + 1] as u8,
+                            aq[4 * gi + 2] as u8,
+                            aq[4 * gi + 3] as u8,
+                        ]));
+                        for r in 0..4 {
+                            al[r] = I::dot(al[r], lcodes[4 * gi + r], wv);
+                        }
+                    }
+                    let mut ao = [zero; 4];
+                    let aq = &alpha_o[h * 4 * og..][..4 * og];
+                    for gi in 0..og {
+                        let wv = I::splat(u32::from_le_bytes([
+                            aq[4 * gi] as u8,
+                            aq[4 * gi + 1] as u8,
+                            aq[4 * gi + 2] as u8,
+                            aq[4 * gi + 3] as u8,
+                        ]));
+                        for r in 0..4 {
+                            ao[r] = I::dot(ao[r], ocodes[4 * gi + r], wv);
+                        }
+                    }
+                    for r in 0..4 {
+                        I::store_i32(al[r], &mut acc_l[r]);
+                        I::store_i32(ao[r], &mut acc_o[r]);
+                    }
+                }
+                let mut score = [0.0f32; SUB];
+                for t in 0..SUB {
+                    score[t] = sc_l[h] * acc_l[t / 8][t % 8] as f32 * lane_inv[t]
+                        + sc_o[h] * acc_o[t / 8][t % 8] as f32 * out_inv[t]
+                        + cst[h];
+                }
+
+                // ---- online softmax ----
+                let bmax = score.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let m_new = state.m[h].max(bmax);
+                let corr = exp_approx(state.m[h] - m_new);
+                let pmax = exp_approx(bmax - m_new);
+                let mut p = [0.0f32; SUB];
+                for t in 0..SUB {
+                    p[t] = exp_approx(score[t] - bmax);
+                }
+                let mut psum = 0u32;
+                for t in 0..SUB {
+                    let v = crate::math::round_to_i32(p[t] * I::P_MAX) as u8;
+                    pq[h][t] = v;
+                    psum += u32::from(v);
+                }
+                let pscale = pmax / I::P_MAX;
+                state.l[h] = state.l[h] * corr + pscale * psum as f32;
+                state.m[h] = m_new;
+
+                // ---- values ----
+                let nreg = plan.segs * 20;
+                let mut start = 0;
+                while start < nreg {
+                    let len = I::VAL_CHUNK.min(nreg - start);
+                    // SAFETY: register arithmetic only; target features as above.
+                    unsafe {
+                        let mut acc = [zero; 20];
+                        for qd in 0..SUB / 4 {
+                            let pv = I::splat(u32::from_le_bytes([
+                                pq[h][4 * qd],
+                                pq[h][4 * qd + 1],
+                                pq[h][4 * qd + 2],
+                                pq[h][4 * qd + 3],
+                            ]));
+                            let row = &digits[qd * nreg + start..][..len];
+                            for (a, &dv) in acc[..len].iter_mut().zip(row) {
+                                *a = I::dot(*a, pv, dv);
+                            }
+                        }
+                        for (i, a) in acc[..len].iter().enumerate() {
+                            I::store_i32(*a, &mut acc_v[start + i]);
+                        }
+                    }
+                    start += len;
+                }
+                // Σ p·q = Σ p·d − Σ p = −acc − Σ p; slot s is word s % 8 of register s / 8.
+                let o = &mut state.o_slots[h * slots..][..slots];
+                let ps = psum as f32;
+                for (sidx, (ov, &sc)) in o.iter_mut().zip(&slot_scale).enumerate() {
+                    let a = acc_v[sidx / 8][sidx % 8] as f32;
+                    *ov = *ov * corr + pscale * sc * (-a - ps);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps the slot accumulators of query `h` to channels: `out[c] += o_slots[slot(c)]`.
+pub(crate) fn slots_to_channels(plan: &Plan, o_slots: &[f32], out: &mut [f32]) {
+    for (&v, &c) in o_slots.iter().zip(&plan.slot_channel) {
+        if c < plan.d {
+            out[c] += v;
+        }
+    }
+}
+
+/// Number of value slots of a plan.
+pub(crate) fn slot_count(plan: &Plan) -> usize {
+    plan.slots()
+}
