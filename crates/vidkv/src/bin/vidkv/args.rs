@@ -1,0 +1,144 @@
+//! Command-line arguments. Names that users type often (schemes, group sizes) are validated by
+//! the library so that a mistake gets the same one-line message as any other bad input.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vidkv::{Arithmetic, GroupSize, Result, Scheme, SchemeOptions, TernaryScale, Transform};
+
+/// 1.5–1.6-bit KV-cache quantization (VidKV) with KIVI and per-channel baselines.
+#[derive(Debug, Parser)]
+#[command(name = "vidkv", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bits per element, relative error and throughput of every K/V tensor under each scheme.
+    Eval(EvalArgs),
+    /// Write a copy of a file with every K/V tensor quantized, then dequantized to fp16.
+    Roundtrip(RoundtripArgs),
+}
+
+/// `vidkv eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// safetensors files with `k.L`/`k_post.L`/`v.L` tensors `[heads, tokens, head_dim]`;
+    /// none: the two samples compiled into the binary (SmolLM2 and DINOv2).
+    pub files: Vec<PathBuf>,
+    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2. Default: all.
+    #[arg(long = "scheme", value_name = "NAME")]
+    pub schemes: Vec<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Runs of each encode/decode call; throughput is the fastest.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub repeat: usize,
+    /// Overrides on top of each preset.
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// `vidkv roundtrip`.
+#[derive(Debug, Args)]
+pub struct RoundtripArgs {
+    /// Input safetensors file.
+    pub input: PathBuf,
+    /// Output safetensors file (overwritten).
+    pub output: PathBuf,
+    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2.
+    #[arg(long, value_name = "NAME")]
+    pub scheme: String,
+    /// Overrides on top of the preset.
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// Overrides shared by both subcommands.
+#[derive(Debug, Args)]
+pub struct QuantArgs {
+    /// Tokens per block G: 32, 64 or 128.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub group: usize,
+    /// Share r of key channels kept as 2-bit outliers (mixed-precision keys only).
+    #[arg(long, value_name = "R")]
+    pub key_ratio: Option<f32>,
+    /// Transform of the 1-bit key channels (mixed-precision keys only; a non-FFT transform
+    /// decodes vidkv-paper's lanes symmetrically).
+    #[arg(long, value_enum)]
+    pub transform: Option<TransformArg>,
+    /// Scale of ternary values (ternary values only).
+    #[arg(long, value_enum)]
+    pub value_scale: Option<ValueScaleArg>,
+    /// Encoder arithmetic (all schemes).
+    #[arg(long, value_enum)]
+    pub arithmetic: Option<ArithmeticArg>,
+}
+
+/// `--transform`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TransformArg {
+    /// One-sided real DFT (the paper).
+    Fft,
+    /// Orthonormal Walsh–Hadamard.
+    Hadamard,
+    /// None.
+    Identity,
+}
+
+/// `--value-scale`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ValueScaleArg {
+    /// γ = mean |x| (the paper's text).
+    Meanabs,
+    /// Mean |x| over non-zero codes.
+    LeastSquares,
+    /// 1 (what the reference code applies).
+    Unit,
+}
+
+/// `--arithmetic`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ArithmeticArg {
+    /// f32 statistics.
+    F32,
+    /// The reference code's f16 arithmetic.
+    Reference,
+}
+
+impl QuantArgs {
+    /// The library's options; rejects an unsupported group size.
+    pub fn options(&self) -> Result<SchemeOptions> {
+        Ok(SchemeOptions {
+            group: GroupSize::new(self.group)?,
+            key_ratio: self.key_ratio,
+            transform: self.transform.map(|t| match t {
+                TransformArg::Fft => Transform::Fft,
+                TransformArg::Hadamard => Transform::Hadamard,
+                TransformArg::Identity => Transform::Identity,
+            }),
+            value_scale: self.value_scale.map(|s| match s {
+                ValueScaleArg::Meanabs => TernaryScale::MeanAbs,
+                ValueScaleArg::LeastSquares => TernaryScale::LeastSquares,
+                ValueScaleArg::Unit => TernaryScale::Unit,
+            }),
+            arithmetic: self.arithmetic.map(|a| match a {
+                ArithmeticArg::F32 => Arithmetic::F32,
+                ArithmeticArg::Reference => Arithmetic::Reference,
+            }),
+        })
+    }
+}
+
+/// The schemes named on the command line, or all presets when none is.
+pub fn schemes(names: &[String]) -> Result<Vec<Scheme>> {
+    if names.is_empty() {
+        return Ok(Scheme::ALL.to_vec());
+    }
+    names.iter().map(|n| vidkv::parse_scheme(n)).collect()
+}

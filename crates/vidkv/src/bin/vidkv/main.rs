@@ -1,0 +1,125 @@
+//! The `vidkv` command: `eval` measures the schemes on K/V tensors, `roundtrip` writes a
+//! quantized-then-dequantized copy of a file.
+//!
+//! Every failure is printed as one `error: …` line on stderr with exit code 1 (clap's own usage
+//! errors keep exit code 2); a closed stdout (`vidkv eval | head`) ends the run quietly.
+
+mod args;
+mod builtin;
+mod report;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use vidkv::{
+    Error, ErrorKind, KvQuantBackend, KvTensor, Result, ScalarBackend, Scheme, TensorFile,
+};
+
+use args::{Cli, Command, EvalArgs, RoundtripArgs};
+use report::Report;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let backend = ScalarBackend;
+    let result = match cli.command {
+        Command::Eval(a) => eval(&backend, &a),
+        Command::Roundtrip(a) => roundtrip(&backend, &a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+fn stdout_error(e: io::Error) -> Error {
+    Error::new(ErrorKind::Io(e)).in_file("stdout")
+}
+
+/// `vidkv eval`: loads every file and checks every (tensor, scheme) before printing anything, so
+/// bad input fails fast and alone, then prints one row per (tensor, scheme).
+fn eval<B: KvQuantBackend>(backend: &B, a: &EvalArgs) -> Result<()> {
+    let schemes = args::schemes(&a.schemes)?;
+    let options = a.quant.options()?;
+    let files = if a.files.is_empty() {
+        builtin::samples()
+    } else {
+        a.files
+            .iter()
+            .map(|p| TensorFile::read(p))
+            .collect::<Result<_>>()?
+    };
+    let tensors = files.iter().map(kv_tensors).collect::<Result<Vec<_>>>()?;
+    for_each_run(&files, &tensors, &schemes, |file, tensor, scheme| {
+        vidkv::eval::prepare(file.label(), tensor, scheme, &options).map(drop)
+    })?;
+
+    let file_width = files.iter().map(|f| f.label().len()).max().unwrap_or(0);
+    let tensor_width = tensors
+        .iter()
+        .flatten()
+        .map(|t| t.name().len())
+        .max()
+        .unwrap_or(0);
+    let mut report = Report::new(io::stdout().lock(), a.json, file_width, tensor_width);
+    report.header().map_err(stdout_error)?;
+    for_each_run(&files, &tensors, &schemes, |file, tensor, scheme| {
+        let row = vidkv::evaluate(backend, file.label(), tensor, scheme, &options, a.repeat)?;
+        report.row(&row).map_err(stdout_error)
+    })
+}
+
+/// Calls `f` for every (file, tensor, scheme) in report order, stopping at the first error.
+fn for_each_run(
+    files: &[TensorFile],
+    tensors: &[Vec<KvTensor<'_>>],
+    schemes: &[Scheme],
+    mut f: impl FnMut(&TensorFile, &KvTensor<'_>, Scheme) -> Result<()>,
+) -> Result<()> {
+    for (file, tensors) in files.iter().zip(tensors) {
+        for tensor in tensors {
+            for &scheme in schemes {
+                f(file, tensor, scheme)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file's K/V tensors; none at all is an error, since eval would print nothing.
+fn kv_tensors(file: &TensorFile) -> Result<Vec<KvTensor<'_>>> {
+    let tensors = file.kv_tensors()?;
+    if tensors.is_empty() {
+        return Err(Error::new(ErrorKind::NoKvTensors).in_file(file.label()));
+    }
+    Ok(tensors)
+}
+
+/// `vidkv roundtrip IN OUT --scheme S`.
+fn roundtrip<B: KvQuantBackend>(backend: &B, a: &RoundtripArgs) -> Result<()> {
+    let scheme = vidkv::parse_scheme(&a.scheme)?;
+    let options = a.quant.options()?;
+    let input = TensorFile::read(&a.input)?;
+    let out = vidkv::roundtrip(backend, &input, scheme, &options)?;
+    let label = a.output.display().to_string();
+    std::fs::write(&a.output, &out.bytes)
+        .map_err(|e| Error::new(ErrorKind::Io(e)).in_file(&label))?;
+    let mut stdout = io::stdout().lock();
+    writeln!(
+        stdout,
+        "{label}: {} K/V tensors quantized with {} (group {}), {} other tensors copied",
+        out.quantized.len(),
+        scheme.name(),
+        options.group.tokens(),
+        out.copied
+    )
+    .map_err(stdout_error)
+}
