@@ -87,7 +87,9 @@ pub(crate) struct Plan {
     m: usize,
     lane_groups: usize,
     out_groups: usize,
-    rule: LaneRule,
+    /// Decode-rule factors per lane: a set bit adds `fa·s·w`, every lane adds `fb·s·w`.
+    lane_fa: Vec<f32>,
+    lane_fb: Vec<f32>,
     adjoint: Adjoint,
     key_bytes: usize,
     value_bytes: usize,
@@ -149,7 +151,19 @@ impl Plan {
             m: lanes,
             lane_groups: lanes.div_ceil(4),
             out_groups: outliers.div_ceil(4),
-            rule: mixed.lane_rule,
+            lane_fa: (0..lanes)
+                .map(|_| match mixed.lane_rule {
+                    LaneRule::Symmetric => 2.0,
+                    LaneRule::PaperCompat => 1.0,
+                })
+                .collect(),
+            lane_fb: (0..lanes)
+                .map(|j| match mixed.lane_rule {
+                    LaneRule::Symmetric => -1.0,
+                    LaneRule::PaperCompat if is_imaginary_lane(j) => -0.5,
+                    LaneRule::PaperCompat => 0.0,
+                })
+                .collect(),
             adjoint: Adjoint::new(mixed.transform, lanes),
             key_bytes: codec.key_block_bytes(),
             value_bytes: codec.value_block_bytes(),
@@ -219,7 +233,7 @@ fn quantize(x: &[f32], qmax: f32, out: &mut [i8]) -> f32 {
     }
     let inv = qmax / amax;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = crate::math::round_to_i32(v * inv) as i8;
+        *o = crate::math::round_bits(v * inv) as u8 as i8;
     }
     amax / qmax
 }
@@ -250,15 +264,21 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
     let mut x = vec![[0.0f32; W]; m.max(1)];
     let mut w = vec![[0.0f32; W]; m.max(1)];
     let mut fft_scratch = vec![[0.0f32; W]; 2 * m.max(1)];
-    // Per-block state.
+    // Per-block state. Lane and outlier counts are padded to whole groups of 4 (zero weights).
+    let (m4, k4) = (4 * lg, 4 * og);
+    let mut wt = vec![0.0f32; W * m4];
+    let mut qo = vec![0.0f32; W * k4];
+    let mut x_out = vec![[0.0f32; W]; k.max(1)];
     let mut s_lane = vec![0.0f32; m];
     let mut params = vec![0.0f32; 2 * k];
-    let mut alpha = vec![0.0f32; 4 * lg.max(og)];
-    let mut alpha_l = vec![0i8; W * 4 * lg];
-    let mut alpha_o = vec![0i8; W * 4 * og];
+    let (mut sfa, mut sfb) = (vec![0.0f32; m4], vec![0.0f32; m4]);
+    let (mut o_lo, mut o_step) = (vec![0.0f32; k4], vec![0.0f32; k4]);
+    let mut alpha = vec![0.0f32; m4.max(k4)];
+    let mut alpha_l = vec![0i8; W * m4];
+    let mut alpha_o = vec![0i8; W * k4];
     let mut sc_l = [0.0f32; W];
     let mut sc_o = [0.0f32; W];
-    let mut cst;
+    let mut cst = [0.0f32; W];
     let mut v_scale = vec![0.0f32; d];
     let mut slot_scale = vec![0.0f32; slots];
     // Per-sub-block scratch.
@@ -305,7 +325,12 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                     *xn = qt[c];
                 }
                 plan.adjoint.apply(&x[..m], &mut w[..m], &mut fft_scratch);
+                transpose_into(&w[..m], hq, &mut wt, m4);
             }
+            for (xn, &c) in x_out.iter_mut().zip(&outl) {
+                *xn = qt[c];
+            }
+            transpose_into(&x_out[..k], hq, &mut qo, k4);
             prev_mask = Some(mask);
         }
         f16s(&kb[plan.lane_scales.range()], &mut s_lane, true).map_err(|i| {
@@ -326,40 +351,30 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                 kb_off + plan.outlier_params.offset + 4 * i,
             ));
         }
-        cst = [0.0; W];
-        // Lanes: α_j = fa_j·w_j·s_j, constant Σ fb_j·w_j·s_j.
+        // Per-lane factors of the decode rule: α_j = fa_j·s_j·w_j, constant Σ fb_j·s_j·w_j.
+        for j in 0..m {
+            sfa[j] = plan.lane_fa[j] * s_lane[j];
+            sfb[j] = plan.lane_fb[j] * s_lane[j];
+        }
+        for i in 0..k {
+            o_lo[i] = params[2 * i];
+            o_step[i] = params[2 * i + 1];
+        }
         for h in 0..hq {
-            alpha.iter_mut().for_each(|a| *a = 0.0);
+            let wh = &wt[h * m4..][..m4];
             let mut c = 0.0f32;
-            for j in 0..m {
-                let ws = w[j][h] * s_lane[j];
-                let (fa, fb) = match plan.rule {
-                    LaneRule::Symmetric => (2.0, -1.0),
-                    LaneRule::PaperCompat if is_imaginary_lane(j) => (1.0, -0.5),
-                    LaneRule::PaperCompat => (1.0, 0.0),
-                };
-                alpha[j] = fa * ws;
-                c += fb * ws;
+            for j in 0..m4 {
+                alpha[j] = wh[j] * sfa[j];
+                c += wh[j] * sfb[j];
+            }
+            sc_l[h] = quantize(&alpha[..m4], I::LANE_QMAX, &mut alpha_l[h * m4..][..m4]);
+            let qh = &qo[h * k4..][..k4];
+            for i in 0..k4 {
+                alpha[i] = qh[i] * o_step[i];
+                c += qh[i] * o_lo[i];
             }
             cst[h] = c;
-            sc_l[h] = quantize(
-                &alpha[..4 * lg],
-                I::LANE_QMAX,
-                &mut alpha_l[h * 4 * lg..][..4 * lg],
-            );
-            // Outliers: α_i = q_c·step_i, constant Σ q_c·lo_i.
-            alpha.iter_mut().for_each(|a| *a = 0.0);
-            let mut c = 0.0f32;
-            for (i, &ch) in outl.iter().enumerate() {
-                alpha[i] = qt[ch][h] * params[2 * i + 1];
-                c += qt[ch][h] * params[2 * i];
-            }
-            cst[h] += c;
-            sc_o[h] = quantize(
-                &alpha[..4 * og],
-                I::OUT_QMAX,
-                &mut alpha_o[h * 4 * og..][..4 * og],
-            );
+            sc_o[h] = quantize(&alpha[..k4], I::OUT_QMAX, &mut alpha_o[h * k4..][..k4]);
         }
 
         // ---- values: scales and trit check ----
@@ -466,7 +481,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                 // SAFETY: register arithmetic only; target features as above.
                 unsafe {
                     let mut al = [zero; 4];
-                    let aq = &alpha_l[h * 4 * lg..][..4 * lg];
+                    let aq = &alpha_l[h * m4..][..m4];
                     for gi in 0..lg {
                         let wv = I::splat(u32::from_le_bytes([
                             aq[4 * gi] as u8,
@@ -479,7 +494,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                         }
                     }
                     let mut ao = [zero; 4];
-                    let aq = &alpha_o[h * 4 * og..][..4 * og];
+                    let aq = &alpha_o[h * k4..][..k4];
                     for gi in 0..og {
                         let wv = I::splat(u32::from_le_bytes([
                             aq[4 * gi] as u8,
@@ -497,9 +512,10 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                     }
                 }
                 let mut score = [0.0f32; SUB];
+                let (fl, fo) = (acc_l.as_flattened(), acc_o.as_flattened());
                 for t in 0..SUB {
-                    score[t] = sc_l[h] * acc_l[t / 8][t % 8] as f32 * lane_inv[t]
-                        + sc_o[h] * acc_o[t / 8][t % 8] as f32 * out_inv[t]
+                    score[t] = sc_l[h] * fl[t] as f32 * lane_inv[t]
+                        + sc_o[h] * fo[t] as f32 * out_inv[t]
                         + cst[h];
                 }
 
@@ -514,7 +530,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                 }
                 let mut psum = 0u32;
                 for t in 0..SUB {
-                    let v = crate::math::round_to_i32(p[t] * I::P_MAX) as u8;
+                    let v = crate::math::round_bits(p[t] * I::P_MAX) as u8;
                     pq[h][t] = v;
                     psum += u32::from(v);
                 }
@@ -551,9 +567,8 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                 // Σ p·q = Σ p·d − Σ p = −acc − Σ p; slot s is word s % 8 of register s / 8.
                 let o = &mut state.o_slots[h * slots..][..slots];
                 let ps = psum as f32;
-                for (sidx, (ov, &sc)) in o.iter_mut().zip(&slot_scale).enumerate() {
-                    let a = acc_v[sidx / 8][sidx % 8] as f32;
-                    *ov = *ov * corr + pscale * sc * (-a - ps);
+                for ((ov, &sc), &a) in o.iter_mut().zip(&slot_scale).zip(acc_v.as_flattened()) {
+                    *ov = *ov * corr + pscale * sc * (-(a as f32) - ps);
                 }
             }
         }
@@ -566,6 +581,28 @@ pub(crate) fn slots_to_channels(plan: &Plan, o_slots: &[f32], out: &mut [f32]) {
     for (&v, &c) in o_slots.iter().zip(&plan.slot_channel) {
         if c < plan.d {
             out[c] += v;
+        }
+    }
+}
+
+/// `out[h·stride + j] = rows[j][h]` for `h < hq`, `j < rows.len()`; the rest of each row stays 0.
+#[inline(always)]
+fn transpose_into(rows: &[Lanes], hq: usize, out: &mut [f32], stride: usize) {
+    let full = rows.len() / W * W;
+    for (jb, block) in rows[..full].chunks_exact(W).enumerate() {
+        let mut t = [[0.0f32; W]; W];
+        for (j, r) in block.iter().enumerate() {
+            for h in 0..W {
+                t[h][j] = r[h];
+            }
+        }
+        for h in 0..hq {
+            out[h * stride + jb * W..][..W].copy_from_slice(&t[h]);
+        }
+    }
+    for (j, r) in rows.iter().enumerate().skip(full) {
+        for h in 0..hq {
+            out[h * stride + j] = r[h];
         }
     }
 }

@@ -15,6 +15,8 @@ extern crate alloc;
 
 pub mod attend;
 mod backend;
+pub mod baseline;
+pub mod bench;
 mod fft;
 mod kernel;
 pub mod level;

@@ -16,12 +16,12 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits | sign)
 }
 
-/// Round to nearest (ties to even for the magnitudes used here) and convert.
+/// Rounds `x` (|x| < 2^22) to the nearest integer and returns its two's-complement bits, with
+/// float operations only (vectorizes without saturating-cast fix-ups).
 #[inline(always)]
-pub fn round_to_i32(x: f32) -> i32 {
-    // Adding and subtracting 1.5·2^23 rounds to nearest even for |x| < 2^22.
-    let magic = 12_582_912.0f32;
-    ((x + magic) - magic) as i32
+pub fn round_bits(x: f32) -> u32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits())
 }
 
 /// `e^x` to about 2 ulp of f32 for x ≤ 0 (and 0 below −87, including −∞).
@@ -29,8 +29,9 @@ pub fn round_to_i32(x: f32) -> i32 {
 pub fn exp_approx(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // x = n·ln2 + r, |r| ≤ ln2/2
-    let n = round_to_i32(x * core::f32::consts::LOG2_E);
-    let nf = n as f32;
+    const MAGIC: f32 = 12_582_912.0;
+    let nf = (x * core::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let n = round_bits(nf);
     let r = x - nf * 0.693_145_75 - nf * 1.428_606_8e-6;
     // Minimax polynomial for e^r on [−ln2/2, ln2/2].
     let p = 1.0
@@ -38,7 +39,8 @@ pub fn exp_approx(x: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_6
                     + r * (0.041_666_41 + r * (0.008_333_452 + r * 0.001_393_874_6)))));
-    let scale = f32::from_bits(((n + 127).max(0) as u32) << 23);
+    // n ≥ −126 here, so n + 127 > 0.
+    let scale = f32::from_bits(n.wrapping_add(127) << 23);
     let v = p * scale;
     if x <= -87.0 { 0.0 } else { v }
 }
@@ -77,10 +79,15 @@ mod tests {
 
     #[test]
     fn rounding_is_to_nearest() {
-        assert_eq!(round_to_i32(2.4), 2);
-        assert_eq!(round_to_i32(2.6), 3);
-        assert_eq!(round_to_i32(-2.6), -3);
-        assert_eq!(round_to_i32(127.0), 127);
-        assert_eq!(round_to_i32(-0.4), 0);
+        for (x, want) in [
+            (2.4f32, 2i32),
+            (2.6, 3),
+            (-2.6, -3),
+            (127.0, 127),
+            (-0.4, 0),
+        ] {
+            assert_eq!(round_bits(x) as i32, want);
+        }
+        assert_eq!(round_bits(-127.2) as u8 as i8, -127);
     }
 }

@@ -192,3 +192,12 @@ fn damaged_blocks_are_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn report_levels() {
+    // Shows in `--nocapture` output which levels and extensions this run covered.
+    for l in Level::available() {
+        eprintln!("vidkv-simd level available: {l} ({})", l.extensions());
+    }
+    assert!(Level::available().any(|l| l == vidkv_simd::detect()));
+}
