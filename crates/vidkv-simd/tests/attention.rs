@@ -201,3 +201,15 @@ fn report_levels() {
     }
     assert!(Level::available().any(|l| l == vidkv_simd::detect()));
 }
+
+#[test]
+fn all_lanes_or_all_outliers() {
+    for r in [0.0f32, 1.0, 0.1] {
+        let mut c = Scheme::Vidkv.config(HeadDim::new(64).unwrap(), GroupSize::G64);
+        c.keys = KeyScheme::Mixed(MixedKeys {
+            outlier_ratio: r,
+            ..MixedKeys::DEFAULT
+        });
+        check(&Codec::new(c).unwrap(), 4, 2, 3, 21, 0.04);
+    }
+}
