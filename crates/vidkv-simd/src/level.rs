@@ -5,6 +5,7 @@
 //! only), or the best level [`detect`] finds. Asking for a level the CPU lacks is refused (the
 //! call returns an error, the variable is ignored with a message on stderr), so a
 //! `#[target_feature]` function is never reached on a CPU without its features.
+//! `VIDKV_SIMD_DISABLE=vnni,dotprod,avx512` hides optional extensions (tests of fallback paths).
 
 use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -133,7 +134,7 @@ pub fn features() -> Features {
     let bits = if bits & FEATURES_SET != 0 {
         bits
     } else {
-        let f = detect_features();
+        let f = disable_from_env(detect_features());
         let bits = FEATURES_SET
             | u8::from(f.avx2)
             | u8::from(f.avx512) << 1
@@ -205,6 +206,32 @@ fn detect_features() -> Features {
         neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
         dotprod: cfg!(all(target_arch = "aarch64", target_feature = "dotprod")),
     }
+}
+
+/// `VIDKV_SIMD_DISABLE` (comma-separated `vnni`, `dotprod`, `avx512`) hides optional
+/// extensions, so that tests reach the fallback paths of a level on a CPU that has them.
+#[cfg(feature = "std")]
+fn disable_from_env(mut f: Features) -> Features {
+    let Ok(list) = std::env::var("VIDKV_SIMD_DISABLE") else {
+        return f;
+    };
+    for item in list.split(',').map(str::trim) {
+        match item {
+            "vnni" => f.avx512vnni = false,
+            "dotprod" => f.dotprod = false,
+            "avx512" => {
+                f.avx512 = false;
+                f.avx512vnni = false;
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+#[cfg(not(feature = "std"))]
+fn disable_from_env(f: Features) -> Features {
+    f
 }
 
 /// The best level this CPU supports.
