@@ -4,8 +4,8 @@
 //! Under f32 arithmetic the statistics are exact f32 and codes are computed against the stored
 //! (f16-rounded) `lo` and `step`, i.e. against what the decoder will see. Under reference
 //! arithmetic every step is rounded to f16 as the PyTorch reference does. A step that overflows
-//! f16 (a range above 65504) is saturated to 65504, and so is `code·step` on decode, where the
-//! reference would produce inf/NaN.
+//! f16 (a range above 65504) is saturated to 65504, and so are `code·step` and `lo + code·step`
+//! on decode, where the reference would produce inf/NaN.
 
 use half::f16;
 use vidkv_core::{AffineParams, Arithmetic, Bits};
@@ -44,7 +44,9 @@ pub fn encode(arith: Arithmetic, bits: Bits, p: AffineParams, x: f32) -> u8 {
 pub fn decode(arith: Arithmetic, p: AffineParams, code: u8) -> f32 {
     let (lo, step) = (p.lo.to_f32(), p.step.to_f32());
     let scaled = round_step(arith, f32::from(code) * step).min(F16_MAX);
-    round_step(arith, scaled + lo)
+    // Saturate before rounding: parameters no encoder writes (lo + code·step beyond the f16
+    // range) would otherwise decode to infinity under reference arithmetic.
+    round_step(arith, (scaled + lo).min(F16_MAX))
 }
 
 /// Whether stored parameters could have come from an encoder (finite, non-negative step).

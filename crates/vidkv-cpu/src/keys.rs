@@ -11,7 +11,7 @@ use vidkv_core::{
 };
 
 use crate::affine;
-use crate::arith::mean_abs;
+use crate::arith::{F16_MAX, mean_abs};
 use crate::blocks::{BlockIo, read_params, write_params};
 use crate::outliers::ChannelRanges;
 use crate::transform::{LaneTransform, is_imaginary_lane};
@@ -139,7 +139,9 @@ fn encode_mixed(
     let mut bits = vec![0u8; g];
     for j in 0..lanes {
         let lane = || z.iter().skip(j).step_by(lanes).copied();
-        let scale = mean_abs(arith, lane());
+        // Saturate like every other stored scale: the unnormalised DFT of large inputs can
+        // exceed the f16 range, and an infinite scale is what decoders reject as corrupt.
+        let scale = mean_abs(arith, lane()).min(F16_MAX);
         write_f16s(
             [f16::from_f32(scale)],
             &mut block[lane_scales.offset + 2 * j..][..2],

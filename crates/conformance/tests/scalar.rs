@@ -1,0 +1,3 @@
+//! The conformance suite on the normative scalar backend.
+
+conformance::suite!(scalar, vidkv_cpu::ScalarBackend);
