@@ -6,6 +6,8 @@
 //! * [`pack`] — the one set of bit-packing primitives (1/2/4-bit codes, base-3 trits, f16 fields);
 //! * [`backend`] — the [`KvQuantBackend`] trait that the scalar, SIMD and CUDA backends implement;
 //! * [`container`] — the `.vkv` file that holds a whole quantized cache;
+//! * [`cache`] — the streaming KV cache over any backend: blocks, residual window, attention
+//!   sinks, salient tokens, batches and GQA;
 //! * [`error`] — the typed errors every fallible call returns.
 //!
 //! The crate is `no_std` (+ `alloc`) so that embedded and GPU-host runtimes can read the format
@@ -17,13 +19,16 @@
 extern crate alloc;
 
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod container;
 pub mod error;
 pub mod layout;
+pub mod outliers;
 pub mod pack;
 
 pub use backend::{Capability, DType, HeadTensor, KvQuantBackend, Operation};
+pub use cache::{CacheConfig, KvCache, MemoryUsage, Salient};
 pub use config::{
     Arithmetic, Bits, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys, OutlierScope,
     QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,

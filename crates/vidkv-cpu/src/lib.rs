@@ -14,6 +14,7 @@ extern crate alloc;
 
 mod affine;
 mod arith;
+pub mod attention;
 mod blocks;
 mod convert;
 mod keys;
@@ -33,7 +34,7 @@ use vidkv_core::{
 pub use convert::{check_finite, to_f32};
 pub use keys::{decode_key_blocks, encode_key_blocks, lane_value};
 pub use outliers::{ChannelRanges, layer_outliers};
-pub use values::{decode_value_blocks, encode_value_blocks};
+pub use values::{decode_value_blocks, encode_value_blocks, encode_value_blocks_masked};
 
 /// The scalar backend: host buffers (`Vec<u8>`), every encode/decode operation supported.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,11 +75,8 @@ impl KvQuantBackend for ScalarBackend {
         "scalar"
     }
 
-    fn capability(&self, op: Operation, _codec: &Codec) -> Capability {
-        match op {
-            Operation::Attend => Capability::Unsupported("fused attention is not implemented yet"),
-            _ => Capability::Supported,
-        }
+    fn capability(&self, _op: Operation, _codec: &Codec) -> Capability {
+        Capability::Supported
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Vec<u8>> {
@@ -140,9 +138,54 @@ impl KvQuantBackend for ScalarBackend {
         Self::write_f32(&rows, out)
     }
 
-    fn attend(&self, _codec: &Codec, _args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
-        Err(self.unsupported(Operation::Attend, "fused attention is not implemented yet"))
+    fn encode_values_masked(
+        &self,
+        codec: &Codec,
+        input: HeadTensor<'_, Vec<u8>>,
+        excluded: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let rows = Self::input_rows(codec, &input)?;
+        encode_value_blocks_masked(codec, &rows, Some(excluded), out)
     }
+
+    fn copy_bytes(
+        &self,
+        src: &Vec<u8>,
+        src_offset: usize,
+        dst: &mut Vec<u8>,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let from = src
+            .get(src_offset..src_offset + len)
+            .ok_or(Error::ShapeMismatch {
+                what: "copy source bytes",
+                expected: src_offset + len,
+                actual: src.len(),
+            })?;
+        write_into(dst, dst_offset, from)
+    }
+
+    fn write_bytes(&self, dst: &mut Vec<u8>, offset: usize, bytes: &[u8]) -> Result<()> {
+        write_into(dst, offset, bytes)
+    }
+
+    fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
+        attention::attend(codec, args)
+    }
+}
+
+fn write_into(dst: &mut [u8], offset: usize, bytes: &[u8]) -> Result<()> {
+    let actual = dst.len();
+    dst.get_mut(offset..offset + bytes.len())
+        .ok_or(Error::ShapeMismatch {
+            what: "write destination bytes",
+            expected: offset + bytes.len(),
+            actual,
+        })?
+        .copy_from_slice(bytes);
+    Ok(())
 }
 
 fn whole_blocks(encoded: &[u8], blocks: usize, block_bytes: usize) -> Result<&[u8]> {

@@ -26,6 +26,8 @@ pub struct LaneTransform {
     /// `cos(2πi/M)` and `sin(2πi/M)` for i in 0..M (DFT only).
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The bit-reversal permutation (power-of-two DFT only).
+    reversed: Vec<u32>,
 }
 
 impl LaneTransform {
@@ -42,11 +44,20 @@ impl LaneTransform {
         } else {
             (Vec::new(), Vec::new())
         };
+        let reversed = if kind == Transform::Fft && len.is_power_of_two() && len > 1 {
+            let bits = len.trailing_zeros();
+            (0..len)
+                .map(|n| (n.reverse_bits() >> (usize::BITS - bits)) as u32)
+                .collect()
+        } else {
+            alloc::vec![0; len.min(1)]
+        };
         Self {
             kind,
             len,
             cos,
             sin,
+            reversed,
         }
     }
 
@@ -171,6 +182,100 @@ impl LaneTransform {
         for (j, zj) in z.iter_mut().enumerate() {
             let (k, imaginary) = lane_bin(j);
             *zj = if imaginary { im[k] } else { re[k] };
+        }
+    }
+
+    /// [`Self::inverse_adjoint`] of `rows` query rows at once: `q` is `[rows, M]`, `w` receives
+    /// `[rows, M]`. For a power-of-two FFT length the rows are paired into complex sequences
+    /// (row `2i` real, row `2i + 1` imaginary) and the `⌈rows/2⌉` FFTs run interleaved, so that
+    /// every butterfly is a loop over the pairs (vectorizable) — once per block-scope mask in
+    /// fused attention. `scratch` is resized as needed.
+    pub fn inverse_adjoint_rows(
+        &self,
+        q: &[f32],
+        rows: usize,
+        w: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let m = self.len;
+        if m == 0 {
+            return;
+        }
+        if self.kind != Transform::Fft || !m.is_power_of_two() {
+            for (qr, wr) in q.chunks_exact(m).zip(w.chunks_exact_mut(m)).take(rows) {
+                self.inverse_adjoint(qr, wr);
+            }
+            return;
+        }
+        // Pairs padded to a multiple of four: each butterfly works on [f32; 4] quads.
+        let pairs = rows.div_ceil(2);
+        let quads = pairs.div_ceil(4);
+        scratch.clear();
+        scratch.resize(2 * m * quads * 4, 0.0);
+        let (re, im) = scratch.split_at_mut(m * quads * 4);
+        let (re, _) = re.as_chunks_mut::<4>();
+        let (im, _) = im.as_chunks_mut::<4>();
+        // Bit-reversed load: sequence p holds rows 2p (real) and 2p + 1 (imaginary).
+        let width = quads * 4;
+        for (row, qr) in q.chunks_exact(m).enumerate().take(rows) {
+            let p = row / 2;
+            let dst = if row % 2 == 0 { &mut *re } else { &mut *im }.as_flattened_mut();
+            for (&r, &x) in self.reversed.iter().zip(qr) {
+                dst[r as usize * width + p] = x;
+            }
+        }
+        let mut half = 1;
+        while half < m {
+            let stride = m / (2 * half);
+            let span = half * quads;
+            for (br, bi) in re
+                .chunks_exact_mut(2 * span)
+                .zip(im.chunks_exact_mut(2 * span))
+            {
+                let (ra, rb) = br.split_at_mut(span);
+                let (ia, ib) = bi.split_at_mut(span);
+                let rows = ra
+                    .chunks_exact_mut(quads)
+                    .zip(rb.chunks_exact_mut(quads))
+                    .zip(ia.chunks_exact_mut(quads).zip(ib.chunks_exact_mut(quads)));
+                for (i, ((ra, rb), (ia, ib))) in rows.enumerate() {
+                    let (c, s) = (self.cos[i * stride], -self.sin[i * stride]);
+                    let quad = ra.iter_mut().zip(rb).zip(ia.iter_mut().zip(ib));
+                    for ((ra, rb), (ia, ib)) in quad {
+                        for p in 0..4 {
+                            let tr = rb[p] * c - ib[p] * s;
+                            let ti = rb[p] * s + ib[p] * c;
+                            rb[p] = ra[p] - tr;
+                            ib[p] = ia[p] - ti;
+                            ra[p] += tr;
+                            ia[p] += ti;
+                        }
+                    }
+                }
+            }
+            half *= 2;
+        }
+        // Split X = A + iB into the spectra of the two real rows:
+        // A_k = (X_k + conj X_{M−k})/2, B_k = (X_k − conj X_{M−k})/(2i).
+        let (re, im) = (re.as_flattened(), im.as_flattened());
+        let inv = 1.0 / m as f64;
+        for j in 0..m {
+            let (k, imaginary) = lane_bin(j);
+            let kk = (m - k) % m;
+            let scale = (bin_weight(k, m) * inv * 0.5) as f32;
+            let (xr, xi) = (&re[k * width..][..pairs], &im[k * width..][..pairs]);
+            let (yr, yi) = (&re[kk * width..][..pairs], &im[kk * width..][..pairs]);
+            for p in 0..pairs {
+                let (a, b) = if imaginary {
+                    (xi[p] - yi[p], yr[p] - xr[p])
+                } else {
+                    (xr[p] + yr[p], xi[p] + yi[p])
+                };
+                w[2 * p * m + j] = a * scale;
+                if 2 * p + 1 < rows {
+                    w[(2 * p + 1) * m + j] = b * scale;
+                }
+            }
         }
     }
 
@@ -318,6 +423,39 @@ mod tests {
                 (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
                 "{kind:?} {m}: {lhs} vs {rhs}"
             );
+        }
+    }
+
+    #[test]
+    fn batched_adjoint_equals_the_direct_one() {
+        for (kind, m) in [
+            (Transform::Fft, 1),
+            (Transform::Fft, 2),
+            (Transform::Fft, 4),
+            (Transform::Fft, 32),
+            (Transform::Fft, 64),
+            (Transform::Fft, 48),
+            (Transform::Hadamard, 32),
+        ] {
+            let t = LaneTransform::new(kind, m);
+            for rows in [1, 2, 3, 7, 8] {
+                let q: Vec<f32> = (0..rows).flat_map(|r| row(m, r as u32 * 5 + 1)).collect();
+                let mut want = vec![0.0; rows * m];
+                for (qr, wr) in q
+                    .chunks_exact(m.max(1))
+                    .zip(want.chunks_exact_mut(m.max(1)))
+                {
+                    t.inverse_adjoint(qr, wr);
+                }
+                let mut got = vec![0.0; rows * m];
+                t.inverse_adjoint_rows(&q, rows, &mut got, &mut Vec::new());
+                for (x, y) in want.iter().zip(&got) {
+                    assert!(
+                        (x - y).abs() < 1e-5 * (1.0 + x.abs()),
+                        "{kind:?} m={m} rows={rows}: {x} vs {y}"
+                    );
+                }
+            }
         }
     }
 

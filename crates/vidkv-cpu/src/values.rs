@@ -6,19 +6,46 @@ use alloc::vec::Vec;
 use half::f16;
 use vidkv_core::layout::trit_row_bytes;
 use vidkv_core::pack::{f16_at, pack_codes, pack_trits, unpack_codes, unpack_trits, write_f16s};
-use vidkv_core::{Bits, Codec, Error, Result, ValueLayout, ValueScheme};
+use vidkv_core::{AffineParams, Bits, Codec, Error, Result, ValueLayout, ValueScheme};
 
 use crate::blocks::{BlockIo, read_params, write_params};
 use crate::{affine, ternary};
 
 /// Encodes row-major `[blocks·G, D]` values into `out` (`blocks · value_block_bytes`).
 pub fn encode_value_blocks(codec: &Codec, input: &[f32], out: &mut [u8]) -> Result<()> {
+    encode_value_blocks_masked(codec, input, None, out)
+}
+
+/// Encodes value blocks with the tokens flagged in `excluded` (`G/8` bytes per block, LSB first)
+/// left out: they take no part in the block's statistics and are written as "no value" (ternary
+/// code 0; per-channel code 0; per-token zero parameters and codes). The streaming cache stores
+/// salient tokens' values elsewhere. `None`, or no bit set, gives the bytes of
+/// [`encode_value_blocks`].
+pub fn encode_value_blocks_masked(
+    codec: &Codec,
+    input: &[f32],
+    excluded: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
     let io = BlockIo::for_encode(codec, input, out.len(), codec.value_block_bytes())?;
-    for (rows, block) in io.blocks(input, out) {
+    let mask_bytes = codec.group() / 8;
+    let blocks = input.len() / codec.block_elements();
+    if let Some(mask) = excluded
+        && mask.len() != blocks * mask_bytes
+    {
+        return Err(Error::ShapeMismatch {
+            what: "excluded-token masks (G/8 bytes per block)",
+            expected: blocks * mask_bytes,
+            actual: mask.len(),
+        });
+    }
+    for (i, (rows, block)) in io.blocks(input, out).enumerate() {
+        let mask = excluded.map(|m| &m[i * mask_bytes..][..mask_bytes]);
+        let keep = |t: usize| mask.is_none_or(|m| m[t / 8] >> (t % 8) & 1 == 0);
         match codec.config().values {
-            ValueScheme::Ternary { scale } => encode_ternary(codec, scale, rows, block),
-            ValueScheme::PerToken { bits } => encode_per_token(codec, bits, rows, block),
-            ValueScheme::PerChannel { bits } => encode_per_channel(codec, bits, rows, block),
+            ValueScheme::Ternary { scale } => encode_ternary(codec, scale, rows, &keep, block),
+            ValueScheme::PerToken { bits } => encode_per_token(codec, bits, rows, &keep, block),
+            ValueScheme::PerChannel { bits } => encode_per_channel(codec, bits, rows, &keep, block),
         }
     }
     Ok(())
@@ -38,24 +65,31 @@ pub fn decode_value_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Re
     Ok(())
 }
 
-fn encode_ternary(codec: &Codec, rule: vidkv_core::TernaryScale, rows: &[f32], block: &mut [u8]) {
+fn encode_ternary(
+    codec: &Codec,
+    rule: vidkv_core::TernaryScale,
+    rows: &[f32],
+    keep: &dyn Fn(usize) -> bool,
+    block: &mut [u8],
+) {
     let ValueLayout::Ternary { scales, trits } = *codec.value_layout() else {
         unreachable!("ternary scheme has a ternary layout")
     };
     let (d, arith) = (codec.head_dim(), codec.config().arithmetic);
+    let kept: Vec<usize> = (0..codec.group()).filter(|&t| keep(t)).collect();
     let mut q = vec![0i8; rows.len()];
-    let mut column = vec![0.0f32; codec.group()];
+    let mut column = vec![0.0f32; kept.len()];
     for c in 0..d {
         column
             .iter_mut()
-            .zip(rows.iter().skip(c).step_by(d))
-            .for_each(|(dst, &x)| *dst = x);
+            .zip(&kept)
+            .for_each(|(dst, &t)| *dst = rows[t * d + c]);
         let fit = ternary::fit(arith, rule, &column);
         write_f16s(
             [f16::from_f32(fit.scale)],
             &mut block[scales.offset + 2 * c..][..2],
         );
-        for (t, &x) in column.iter().enumerate() {
+        for (&t, &x) in kept.iter().zip(&column) {
             q[t * d + c] = ternary::encode(fit.threshold, x);
         }
     }
@@ -105,7 +139,13 @@ fn decode_ternary(codec: &Codec, block: &[u8], rows: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
-fn encode_per_token(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8]) {
+fn encode_per_token(
+    codec: &Codec,
+    bits: Bits,
+    rows: &[f32],
+    keep: &dyn Fn(usize) -> bool,
+    block: &mut [u8],
+) {
     let ValueLayout::PerToken {
         channel_group,
         params,
@@ -123,6 +163,17 @@ fn encode_per_token(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8]) {
         .zip(all.chunks_exact_mut(d))
         .enumerate()
     {
+        if !keep(t) {
+            // An excluded token: zero parameters, codes 0.
+            for gi in 0..groups {
+                let zero = AffineParams {
+                    lo: f16::ZERO,
+                    step: f16::ZERO,
+                };
+                write_params(&mut block[params.range()], t * groups + gi, zero);
+            }
+            continue;
+        }
         for (gi, (part, out)) in row
             .chunks(channel_group)
             .zip(out.chunks_mut(channel_group))
@@ -171,17 +222,32 @@ fn decode_per_token(codec: &Codec, block: &[u8], rows: &mut [f32]) -> Result<()>
     Ok(())
 }
 
-fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8]) {
+fn encode_per_channel(
+    codec: &Codec,
+    bits: Bits,
+    rows: &[f32],
+    keep: &dyn Fn(usize) -> bool,
+    block: &mut [u8],
+) {
     let ValueLayout::PerChannel { params, codes, .. } = *codec.value_layout() else {
         unreachable!("per-channel scheme has a per-channel layout")
     };
     let (d, arith) = (codec.head_dim(), codec.config().arithmetic);
+    let kept: Vec<usize> = (0..codec.group()).filter(|&t| keep(t)).collect();
     let mut all = vec![0u8; rows.len()];
     for c in 0..d {
-        let column = || rows.iter().skip(c).step_by(d).copied();
-        let p = affine::fit(arith, bits, column());
+        let column = || kept.iter().map(|&t| rows[t * d + c]);
+        // Every token excluded: zero parameters (the fit of nothing).
+        let p = if kept.is_empty() {
+            AffineParams {
+                lo: f16::ZERO,
+                step: f16::ZERO,
+            }
+        } else {
+            affine::fit(arith, bits, column())
+        };
         write_params(&mut block[params.range()], c, p);
-        for (t, x) in column().enumerate() {
+        for (&t, x) in kept.iter().zip(column()) {
             all[t * d + c] = affine::encode(arith, bits, p, x);
         }
     }

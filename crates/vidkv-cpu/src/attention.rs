@@ -1,0 +1,1397 @@
+//! Fused decode attention on the packed blocks plus f16 rows (DESIGN §2), scalar: the normative
+//! algorithm every faster backend reproduces.
+//!
+//! For one (sequence, KV head) job and the `Q` query heads that share the KV head (GQA):
+//! `out_q = softmax(scale · q·Kᵀ) · V` with f32 accumulation and an online softmax over blocks
+//! (one running max, sum and D-wide accumulator per query). Each block's bytes are read once and
+//! scored for all `Q` queries; nothing is dequantized to a cache-sized buffer.
+//!
+//! * **Mixed keys** (VidKV): score `= Σ_outlier q_c·(lo_c + code·step_c) + Σ_lanes w_j·ẑ_j` with
+//!   `w = T⁻ᵀ(q_normal)` (the adjoint of the inverse transform on the query, computed once per
+//!   distinct outlier mask — once per layer for layer scope, once per block where block scope
+//!   changes the mask). Every lane rule makes `ẑ_j = α_j + β_j·bit` affine in the bit, so a key's
+//!   lane score is a constant plus a weighted sum of its bits.
+//! * **Per-channel keys**: `Σ_c q_c·lo_c + Σ_c (q_c·step_c)·code`.
+//! * **Ternary values**: `Σ_t p_t·trit_{t,c}` per (channel, block), times the channel's scale once.
+//! * **Per-channel values**: `lo_c·Σp + step_c·Σ p_t·code_{t,c}`.
+//! * **Per-token values** (KIVI): `Σ_t p_t·(lo_{t,g} + step_{t,g}·code)` with each token's
+//!   parameters.
+//! * **Salient tokens** take their value from the salient group row (or pending f16 row).
+//! * **f16 rows** (sinks, residual): converted tile by tile (G rows), f32 dot products.
+//!
+//! Accuracy: min/max codes are decoded as `lo + code·step` in f32. That is the normative decode
+//! under f32 arithmetic; under reference arithmetic the normative decode rounds twice to f16, so
+//! the fused result differs from attention over the dequantized cache by f16 rounding of the
+//! decoded keys and values (relative output differences around 5e-4 on the real data, up to
+//! 6e-3 on synthetic keys with large outlier channels; tests allow 1e-2). Everything else differs
+//! only by f32 summation order (around 1e-6; tests allow 2e-5).
+//!
+//! The same tile code, fed f16 or f32 rows, is the dense baseline ([`attend_dense_f16`],
+//! [`attend_dense_f32`]) that benchmarks compare against: the same GQA sharing, online softmax
+//! and exponential.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use vidkv_core::backend::{AttentionArgs, DenseRows, SalientArgs};
+use vidkv_core::cache::salient_codec;
+use vidkv_core::layout::trit_row_bytes;
+use vidkv_core::pack::{MAX_TRIT_BYTE, f16_at};
+use vidkv_core::{ChannelMask, Codec, Error, GroupSize, KeyLayout, KeyScheme, Result, ValueLayout};
+
+use crate::blocks::read_params;
+use crate::keys::{lane_transform, lane_value};
+use crate::transform::LaneTransform;
+
+/// Runs one attention job on host buffers.
+pub fn attend(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
+    match codec.config().group {
+        GroupSize::G32 => attend_g::<32>(codec, args),
+        GroupSize::G64 => attend_g::<64>(codec, args),
+        GroupSize::G128 => attend_g::<128>(codec, args),
+    }
+}
+
+fn attend_g<const G: usize>(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
+    let d = codec.head_dim();
+    let nq = args.query_heads;
+    let queries = read_queries(args.queries, nq, d, args.scale)?;
+    let out_len = nq * d * 4;
+    if args.out.len() != out_len {
+        return Err(Error::ShapeMismatch {
+            what: "attention output bytes ([query_heads, head_dim] f32)",
+            expected: out_len,
+            actual: args.out.len(),
+        });
+    }
+    let mut state = Online::new(nq, d, G);
+
+    if args.blocks > 0 {
+        let (kb, vb) = (codec.key_block_bytes(), codec.value_block_bytes());
+        let keys = args.key_blocks.get(..args.blocks * kb).ok_or(short(
+            "key blocks",
+            args.blocks * kb,
+            args.key_blocks.len(),
+        ))?;
+        let values = args.value_blocks.get(..args.blocks * vb).ok_or(short(
+            "value blocks",
+            args.blocks * vb,
+            args.value_blocks.len(),
+        ))?;
+        let mut salient = args
+            .salient
+            .as_ref()
+            .map(|s| SalientReader::new(codec, s, args.blocks))
+            .transpose()?;
+        let mut key_scorer = KeyScorer::new(codec, &queries, nq);
+        let mut value_acc = ValueAccumulator::new(codec, nq);
+        for (b, (kblock, vblock)) in keys
+            .chunks_exact(kb)
+            .zip(values.chunks_exact(vb))
+            .enumerate()
+        {
+            key_scorer
+                .score::<G>(codec, kblock, &mut state.scores)
+                .map_err(|e| locate(e, b * kb))?;
+            state.absorb(G);
+            let excluded = match &mut salient {
+                Some(r) => r.block(b, &state.scores, d, &mut state.acc)?,
+                None => 0,
+            };
+            value_acc
+                .add::<G>(codec, vblock, excluded, &state.scores, &mut state.acc)
+                .map_err(|e| locate(e, b * vb))?;
+        }
+    }
+
+    let mut tile = DenseTile::new(G, d);
+    for rows in [&args.sinks, &args.residual].into_iter().flatten() {
+        dense_rows(rows, d, &queries, &mut state, &mut tile)?;
+    }
+
+    for (chunk, v) in args.out.chunks_exact_mut(4).zip(state.finish()) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    Ok(())
+}
+
+fn short(what: &'static str, expected: usize, actual: usize) -> Error {
+    Error::ShapeMismatch {
+        what,
+        expected,
+        actual,
+    }
+}
+
+fn locate(e: Error, base: usize) -> Error {
+    match e {
+        Error::Corrupt { what, offset } => Error::Corrupt {
+            what,
+            offset: base + offset,
+        },
+        other => other,
+    }
+}
+
+/// Little-endian f32 queries, multiplied by the softmax scale; rejects non-finite values.
+fn read_queries(bytes: &[u8], nq: usize, d: usize, scale: f32) -> Result<Vec<f32>> {
+    if bytes.len() != nq * d * 4 || nq == 0 {
+        return Err(short(
+            "attention queries ([query_heads ≥ 1, head_dim] f32)",
+            nq.max(1) * d * 4,
+            bytes.len(),
+        ));
+    }
+    let q: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * scale)
+        .collect();
+    if let Some(index) = q.iter().position(|x| !x.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    Ok(q)
+}
+
+/// The online-softmax state of the job's queries, plus the block's score/weight rows.
+struct Online {
+    nq: usize,
+    d: usize,
+    /// Running maximum score per query.
+    m: Vec<f32>,
+    /// Running sum of weights per query.
+    l: Vec<f32>,
+    /// `[nq, d]` running weighted value sums.
+    acc: Vec<f32>,
+    /// `[nq, stride]`: a tile's scores, turned into weights by [`Self::absorb`].
+    scores: Vec<f32>,
+    stride: usize,
+}
+
+impl Online {
+    fn new(nq: usize, d: usize, stride: usize) -> Self {
+        Self {
+            nq,
+            d,
+            m: vec![f32::NEG_INFINITY; nq],
+            l: vec![0.0; nq],
+            acc: vec![0.0; nq * d],
+            scores: vec![0.0; nq * stride],
+            stride,
+        }
+    }
+
+    /// Turns the first `n` scores of every query row into weights `exp(s − m)`, updating the
+    /// running max (rescaling the sums when it grows) and the running sum.
+    fn absorb(&mut self, n: usize) {
+        for q in 0..self.nq {
+            let s = &mut self.scores[q * self.stride..][..n];
+            let block_max = max_of(s);
+            if block_max > self.m[q] {
+                let corr = if self.m[q] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp(self.m[q] - block_max)
+                };
+                self.l[q] *= corr;
+                self.acc[q * self.d..][..self.d]
+                    .iter_mut()
+                    .for_each(|a| *a *= corr);
+                self.m[q] = block_max;
+            }
+            let m = self.m[q];
+            s.iter_mut().for_each(|x| *x = exp(*x - m));
+            self.l[q] += sum_of(s);
+        }
+    }
+
+    /// `acc / l` per query (zeros for a query that saw no token).
+    fn finish(&self) -> Vec<f32> {
+        let mut out = self.acc.clone();
+        for (row, &l) in out.chunks_exact_mut(self.d).zip(&self.l) {
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        out
+    }
+}
+
+/// `e^x` for `x ≤ 0` (and modest positive x), branch-free so that loops over it vectorize:
+/// Cody–Waite reduction to `r ∈ [−ln2/2, ln2/2]` and a degree-6 Taylor polynomial (relative error
+/// below 2e-7); inputs below −87 give `e^−87` ≈ 1.6e-38.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to an integer
+    let x = if x < -87.0 { -87.0 } else { x };
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
+#[inline]
+fn max_of(s: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let mut m = lanes
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for &x in chunks.remainder() {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
+#[inline]
+fn sum_of(s: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in lanes.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// `Σ a_i·b_i` with eight partial sums (so that it vectorizes without reassociation).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ca, ta) = a[..n].as_chunks::<8>();
+    let (cb, tb) = b[..n].as_chunks::<8>();
+    let mut lanes = [0.0f32; 8];
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `y += a·x`.
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+}
+
+// ---- lookup tables --------------------------------------------------------------------------
+
+/// The four 2-bit codes of a byte, as floats.
+static CODES2: [[f32; 4]; 256] = {
+    let mut t = [[0.0f32; 4]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 4 {
+            t[b][i] = ((b >> (2 * i)) & 3) as f32;
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The two 4-bit codes of a byte, as floats.
+static CODES4: [[f32; 2]; 256] = {
+    let mut t = [[0.0f32; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b][0] = (b & 15) as f32;
+        t[b][1] = (b >> 4) as f32;
+        b += 1;
+    }
+    t
+};
+
+/// The eight bits of a byte, as 0.0 / 1.0.
+static BITS: [[f32; 8]; 256] = {
+    let mut t = [[0.0f32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b][i] = ((b >> i) & 1) as f32;
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The five trits of a byte, as −1.0 / 0.0 / +1.0 (bytes above 242 are rejected before use).
+static TRITS: [[f32; 5]; 256] = {
+    let mut t = [[0.0f32; 5]; 256];
+    let mut b = 0;
+    while b <= MAX_TRIT_BYTE as usize {
+        let mut rest = b;
+        let mut i = 0;
+        while i < 5 {
+            t[b][i] = (rest % 3) as f32 - 1.0;
+            rest /= 3;
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Bit i of a byte moved to bit 4i.
+static SPREAD: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b] |= (((b >> i) & 1) as u32) << (4 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The five base-3 digits (trit + 1) of a byte in the low five bytes of a little-endian u64
+/// (bytes above 242 are rejected before use).
+static DIGITS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b <= MAX_TRIT_BYTE as usize {
+        let mut rest = b;
+        let mut i = 0;
+        while i < 5 {
+            t[b] |= ((rest % 3) as u64) << (8 * i);
+            rest /= 3;
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Unpacks a stream of `bits`-bit codes into floats (`out.len()` codes).
+fn unpack_f32(bits: u32, bytes: &[u8], out: &mut [f32]) {
+    match bits {
+        2 => unpack_with(&CODES2, bytes, out),
+        4 => unpack_with(&CODES4, bytes, out),
+        _ => unpack_with(&BITS, bytes, out),
+    }
+}
+
+#[inline]
+fn unpack_with<const N: usize>(table: &[[f32; N]; 256], bytes: &[u8], out: &mut [f32]) {
+    let whole = out.len() / N;
+    let mut chunks = out.chunks_exact_mut(N);
+    for (o, &b) in (&mut chunks).zip(bytes) {
+        let o: &mut [f32; N] = o.try_into().expect("chunks of N");
+        *o = table[usize::from(b)];
+    }
+    let rest = chunks.into_remainder();
+    if let Some(&b) = bytes.get(whole) {
+        let n = rest.len();
+        rest.copy_from_slice(&table[usize::from(b)][..n]);
+    }
+}
+
+// ---- keys -----------------------------------------------------------------------------------
+
+/// Reads `n` f16 values of a section into `out` and checks each is finite and, if `non_negative`,
+/// has no sign bit (as encoders write scales and steps).
+fn read_f16s(
+    bytes: &[u8],
+    out: &mut [f32],
+    halves: &mut [f16],
+    check: impl Fn(usize) -> bool,
+    what: &'static str,
+    offset: usize,
+) -> Result<()> {
+    let n = out.len();
+    let halves = &mut halves[..n];
+    let mut bad = false;
+    for (i, (h, c)) in halves.iter_mut().zip(bytes.chunks_exact(2)).enumerate() {
+        let bits = u16::from_le_bytes([c[0], c[1]]);
+        bad |= bits & 0x7c00 == 0x7c00 || (check(i) && bits & 0x8000 != 0);
+        *h = f16::from_bits(bits);
+    }
+    halves.convert_to_f32_slice(out);
+    if bad {
+        let i = (0..n)
+            .find(|&i| !halves[i].is_finite() || (check(i) && halves[i].is_sign_negative()))
+            .unwrap_or(0);
+        return Err(Error::Corrupt {
+            what,
+            offset: offset + 2 * i,
+        });
+    }
+    Ok(())
+}
+
+/// Reads `lo.len()` [`vidkv_core::AffineParams`] (f16 pairs) into `lo` and `step`.
+fn read_affine(
+    section: &[u8],
+    offset: usize,
+    lo: &mut [f32],
+    step: &mut [f32],
+    tmp: &mut [f32],
+    halves: &mut [f16],
+) -> Result<()> {
+    let n = lo.len();
+    read_f16s(
+        &section[..4 * n],
+        &mut tmp[..2 * n],
+        halves,
+        |i| i % 2 == 1,
+        "affine parameters not finite or step negative",
+        offset,
+    )?;
+    for (i, pair) in tmp[..2 * n].chunks_exact(2).enumerate() {
+        lo[i] = pair[0];
+        step[i] = pair[1];
+    }
+    Ok(())
+}
+
+/// Scores a key block for all queries.
+struct KeyScorer {
+    nq: usize,
+    d: usize,
+    /// Queries (already scaled), `[nq, d]`.
+    q: Vec<f32>,
+    /// `[nq, channels]` query values at the code channels (outliers, or every channel).
+    qo: Vec<f32>,
+    /// Per query: the constant part of every token's score in the current block.
+    constant: Vec<f32>,
+    /// `[nq, channels]` per-channel code weights `q_c·step_c` of the current block.
+    code_w: Vec<f32>,
+    lo: Vec<f32>,
+    step: Vec<f32>,
+    tmp: Vec<f32>,
+    halves: Vec<f16>,
+    /// Unpacked codes of one block, `[channels, G]`.
+    codes: Vec<f32>,
+    mixed: Option<MixedState>,
+}
+
+/// What mixed-precision keys need beyond per-channel keys: the adjoint weights per mask.
+struct MixedState {
+    transform: LaneTransform,
+    /// Lane j decodes to `s_j·(ca_j + cb_j·bit)` (the lane rule is linear in the scale).
+    ca: Vec<f32>,
+    cb: Vec<f32>,
+    mask: Option<ChannelMask>,
+    outliers: Vec<usize>,
+    normals: Vec<usize>,
+    /// `[nq, M]` adjoint weights `T⁻ᵀ(q_normal)` for `mask`, times `ca` and `cb`.
+    wa: Vec<f32>,
+    wb: Vec<f32>,
+    /// `[nq, M]` bit weights `w_j·cb_j·s_j` of the current block.
+    bit_w: Vec<f32>,
+    scales: Vec<f32>,
+    /// Unpacked lane bits of one block, `[M, G]` (direct path).
+    bits: Vec<f32>,
+    /// Lookup tables `[⌈M/4⌉, 16]` and 4-bit patterns `[⌈M/4⌉, G/8]` (table path).
+    lane_table: Vec<[f32; QC]>,
+    nibbles: Vec<u32>,
+    gathered: Vec<f32>,
+    w: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+impl KeyScorer {
+    fn new(codec: &Codec, q: &[f32], nq: usize) -> Self {
+        let (d, g) = (codec.head_dim(), codec.group());
+        let mixed = match codec.config().keys {
+            KeyScheme::Mixed(keys) => {
+                let transform = lane_transform(codec, keys);
+                let m = transform.len();
+                let ca: Vec<f32> = (0..m)
+                    .map(|j| lane_value(keys.lane_rule, j, 0, 1.0))
+                    .collect();
+                let cb: Vec<f32> = (0..m)
+                    .map(|j| lane_value(keys.lane_rule, j, 1, 1.0) - ca[j])
+                    .collect();
+                Some(MixedState {
+                    transform,
+                    ca,
+                    cb,
+                    mask: None,
+                    outliers: Vec::with_capacity(d),
+                    normals: Vec::with_capacity(d),
+                    wa: vec![0.0; nq * m],
+                    wb: vec![0.0; nq * m],
+                    bit_w: vec![0.0; nq * m],
+                    scales: vec![0.0; m],
+                    bits: vec![0.0; m * g],
+                    lane_table: vec![[0.0; QC]; m.div_ceil(4) * 16],
+                    nibbles: vec![0; m.div_ceil(4) * g / 8],
+                    gathered: vec![0.0; nq * m],
+                    w: vec![0.0; nq * m],
+                    scratch: Vec::new(),
+                })
+            }
+            KeyScheme::PerChannel { .. } => None,
+        };
+        Self {
+            nq,
+            d,
+            q: q.to_vec(),
+            qo: q.to_vec(),
+            constant: vec![0.0; nq],
+            code_w: vec![0.0; nq * d],
+            lo: vec![0.0; d],
+            step: vec![0.0; d],
+            tmp: vec![0.0; 2 * d],
+            halves: vec![f16::ZERO; 2 * d],
+            codes: vec![0.0; d * g],
+            mixed,
+        }
+    }
+
+    /// Constant and code weights of `n` code channels whose parameters start the section.
+    fn code_channels(&mut self, section: &[u8], offset: usize, n: usize) -> Result<()> {
+        read_affine(
+            section,
+            offset,
+            &mut self.lo[..n],
+            &mut self.step[..n],
+            &mut self.tmp,
+            &mut self.halves,
+        )?;
+        for q in 0..self.nq {
+            let qo = &self.qo[q * n..][..n];
+            self.constant[q] = dot(qo, &self.lo[..n]);
+            self.code_w[q * n..][..n]
+                .iter_mut()
+                .zip(qo.iter().zip(&self.step[..n]))
+                .for_each(|(w, (q, s))| *w = q * s);
+        }
+        Ok(())
+    }
+
+    /// Writes the block's scores into `scores` (`[nq, G]`).
+    fn score<const G: usize>(
+        &mut self,
+        codec: &Codec,
+        block: &[u8],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        match *codec.key_layout() {
+            KeyLayout::PerChannel {
+                bits,
+                params,
+                codes,
+            } => {
+                let d = self.d;
+                self.code_channels(&block[params.range()], params.offset, d)?;
+                unpack_f32(bits.get(), &block[codes.range()], &mut self.codes[..d * G]);
+                weighted_rows::<G>(&self.constant, &self.code_w, d, &self.codes, scores);
+                Ok(())
+            }
+            KeyLayout::Mixed {
+                outliers: k,
+                lanes,
+                mask,
+                outlier_params,
+                lane_scales,
+                outlier_codes,
+                lane_bits,
+            } => {
+                let (d, nq) = (self.d, self.nq);
+                let chosen = ChannelMask::read(&block[mask.range()], d, k)?;
+                let st = self.mixed.as_mut().expect("mixed keys have a mixed state");
+                if st.mask != Some(chosen) {
+                    st.set_mask(chosen, &self.q, nq, d);
+                    for q in 0..nq {
+                        let row = &self.q[q * d..][..d];
+                        for (o, &c) in self.qo[q * k..][..k].iter_mut().zip(&st.outliers) {
+                            *o = row[c];
+                        }
+                    }
+                }
+                // Outliers: constant Σ q_c·lo_c, code weights q_c·step_c.
+                self.code_channels(&block[outlier_params.range()], outlier_params.offset, k)?;
+                // Lanes: w·ẑ = Σ_j w_j·s_j·ca_j + Σ_j w_j·s_j·cb_j·bit_j.
+                let st = self.mixed.as_mut().expect("mixed keys have a mixed state");
+                read_f16s(
+                    &block[lane_scales.range()],
+                    &mut st.scales,
+                    &mut self.halves,
+                    |_| true,
+                    "lane scale not finite and non-negative",
+                    lane_scales.offset,
+                )?;
+                for q in 0..nq {
+                    self.constant[q] += dot(&st.wa[q * lanes..][..lanes], &st.scales);
+                    st.bit_w[q * lanes..][..lanes]
+                        .iter_mut()
+                        .zip(st.wb[q * lanes..][..lanes].iter().zip(&st.scales))
+                        .for_each(|(bw, (w, s))| *bw = w * s);
+                }
+                unpack_f32(2, &block[outlier_codes.range()], &mut self.codes[..k * G]);
+                weighted_rows::<G>(
+                    &self.constant,
+                    &self.code_w[..nq * k],
+                    k,
+                    &self.codes,
+                    scores,
+                );
+                if lanes > 0 && nq >= QC / 2 {
+                    st.lane_tables::<G>(nq, lanes, &block[lane_bits.range()], scores);
+                } else if lanes > 0 {
+                    unpack_f32(1, &block[lane_bits.range()], &mut st.bits[..lanes * G]);
+                    add_weighted_rows::<G>(&st.bit_w, lanes, &st.bits, scores);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl MixedState {
+    /// Adds the lane part of the scores with lookup tables ("four Russians"): for each group of
+    /// four lanes and each chunk of [`QC`] queries, a table of the 16 bit patterns holds
+    /// `Σ_i bit_i·bit_w_i`, so a token costs one table row per four lanes instead of four
+    /// multiply-adds per query.
+    fn lane_tables<const G: usize>(
+        &mut self,
+        nq: usize,
+        m: usize,
+        lane_bits: &[u8],
+        scores: &mut [f32],
+    ) {
+        let groups = m.div_ceil(4);
+        let bpl = G / 8;
+        // Per group and byte of tokens: eight 4-bit patterns (token 8b + i at bits 4i..4i+4).
+        for g in 0..groups {
+            for b in 0..bpl {
+                let mut w = 0u32;
+                for i in 0..4 {
+                    let j = 4 * g + i;
+                    if j < m {
+                        w |= SPREAD[usize::from(lane_bits[j * bpl + b])] << i;
+                    }
+                }
+                self.nibbles[g * bpl + b] = w;
+            }
+        }
+        for q0 in (0..nq).step_by(QC) {
+            for g in 0..groups {
+                let table = &mut self.lane_table[g * 16..][..16];
+                table[0] = [0.0; QC];
+                for i in 0..4 {
+                    let j = 4 * g + i;
+                    let mut w = [0.0f32; QC];
+                    if j < m {
+                        for (jq, x) in w.iter_mut().enumerate().take(nq - q0) {
+                            *x = self.bit_w[(q0 + jq) * m + j];
+                        }
+                    }
+                    let bit = 1 << i;
+                    for b in 0..bit {
+                        let mut row = table[b];
+                        for jq in 0..QC {
+                            row[jq] += w[jq];
+                        }
+                        table[bit + b] = row;
+                    }
+                }
+            }
+            for t in 0..G {
+                let (b, shift) = (t / 8, 4 * (t % 8));
+                let mut acc = [0.0f32; QC];
+                for (g, table) in self.lane_table.chunks_exact(16).enumerate().take(groups) {
+                    let nib = (self.nibbles[g * bpl + b] >> shift) & 15;
+                    let row = &table[nib as usize];
+                    for jq in 0..QC {
+                        acc[jq] += row[jq];
+                    }
+                }
+                for (jq, &a) in acc.iter().enumerate().take(nq - q0) {
+                    scores[(q0 + jq) * G + t] += a;
+                }
+            }
+        }
+    }
+
+    fn set_mask(&mut self, mask: ChannelMask, q: &[f32], nq: usize, d: usize) {
+        self.outliers.clear();
+        self.normals.clear();
+        for c in 0..d {
+            if mask.words[c / 32] >> (c % 32) & 1 == 1 {
+                self.outliers.push(c);
+            } else {
+                self.normals.push(c);
+            }
+        }
+        let m = self.normals.len();
+        if m > 0 {
+            for (row, g) in q.chunks_exact(d).zip(self.gathered.chunks_exact_mut(m)) {
+                for (g, &c) in g.iter_mut().zip(&self.normals) {
+                    *g = row[c];
+                }
+            }
+            self.transform
+                .inverse_adjoint_rows(&self.gathered, nq, &mut self.w, &mut self.scratch);
+            for ((w, wa), wb) in self
+                .w
+                .chunks_exact(m)
+                .zip(self.wa.chunks_exact_mut(m))
+                .zip(self.wb.chunks_exact_mut(m))
+            {
+                for j in 0..m {
+                    wa[j] = w[j] * self.ca[j];
+                    wb[j] = w[j] * self.cb[j];
+                }
+            }
+        }
+        self.mask = Some(mask);
+    }
+}
+
+/// `scores[q][t] = constant[q] + Σ_i weights[q][i]·rows[i][t]` for `n` rows of G.
+fn weighted_rows<const G: usize>(
+    constant: &[f32],
+    weights: &[f32],
+    n: usize,
+    rows: &[f32],
+    scores: &mut [f32],
+) {
+    for (q, out) in scores.chunks_exact_mut(G).enumerate() {
+        let out: &mut [f32; G] = out.try_into().expect("rows of G scores");
+        out.fill(constant[q]);
+        accumulate_rows::<G>(&weights[q * n..][..n], rows, out);
+    }
+}
+
+/// `scores[q][t] += Σ_i weights[q][i]·rows[i][t]`.
+fn add_weighted_rows<const G: usize>(weights: &[f32], n: usize, rows: &[f32], scores: &mut [f32]) {
+    for (q, out) in scores.chunks_exact_mut(G).enumerate() {
+        let out: &mut [f32; G] = out.try_into().expect("rows of G scores");
+        accumulate_rows::<G>(&weights[q * n..][..n], rows, out);
+    }
+}
+
+#[inline]
+fn accumulate_rows<const G: usize>(weights: &[f32], rows: &[f32], out: &mut [f32; G]) {
+    let mut acc = *out;
+    for (&w, row) in weights.iter().zip(rows.chunks_exact(G)) {
+        let row: &[f32; G] = row.try_into().expect("rows of G codes");
+        for t in 0..G {
+            acc[t] += w * row[t];
+        }
+    }
+    *out = acc;
+}
+
+// ---- values ---------------------------------------------------------------------------------
+
+/// Queries per lookup-table row in the ternary value pass.
+const QC: usize = 8;
+
+/// Tokens per lookup-table group in the ternary value pass (3⁴ = 81 patterns).
+const TG: usize = 4;
+
+/// Accumulates a value block's weighted values for all queries.
+struct ValueAccumulator {
+    nq: usize,
+    d: usize,
+    /// Unpacked block codes: `[G, d]` floats (per-channel and per-token values, direct ternary).
+    rows: Vec<f32>,
+    /// Ternary digits `[G, ⌈d/5⌉·5]` and token-group patterns `[G/4, d]`.
+    digits: Vec<u8>,
+    patterns: Vec<u8>,
+    /// Ternary lookup tables `[G/4, 81]` rows of QC queries, and per-channel sums `[d]` of them.
+    tables: Vec<[f32; QC]>,
+    sums: Vec<[f32; QC]>,
+    /// `[nq, d]` per-block sums before the per-channel scale (direct paths).
+    block: Vec<f32>,
+    scales: Vec<f32>,
+    lo: Vec<f32>,
+    tmp: Vec<f32>,
+    halves: Vec<f16>,
+}
+
+impl ValueAccumulator {
+    fn new(codec: &Codec, nq: usize) -> Self {
+        let (d, g) = (codec.head_dim(), codec.group());
+        let ternary = matches!(codec.value_layout(), ValueLayout::Ternary { .. });
+        let dp = trit_row_bytes(d) * 5;
+        Self {
+            nq,
+            d,
+            rows: vec![0.0; g * dp],
+            digits: if ternary {
+                vec![0; g * dp + 3]
+            } else {
+                Vec::new()
+            },
+            patterns: if ternary {
+                vec![0; g / TG * d]
+            } else {
+                Vec::new()
+            },
+            tables: if ternary {
+                vec![[0.0; QC]; g / TG * 81]
+            } else {
+                Vec::new()
+            },
+            sums: if ternary {
+                vec![[0.0; QC]; d]
+            } else {
+                Vec::new()
+            },
+            block: vec![0.0; nq * d],
+            scales: vec![0.0; d],
+            lo: vec![0.0; d],
+            tmp: vec![0.0; 2 * d],
+            halves: vec![f16::ZERO; 2 * d],
+        }
+    }
+
+    /// `p` is `[nq, G]` weights; `excluded` has bit t set for salient tokens (handled elsewhere).
+    fn add<const G: usize>(
+        &mut self,
+        codec: &Codec,
+        block: &[u8],
+        excluded: u128,
+        p: &[f32],
+        acc: &mut [f32],
+    ) -> Result<()> {
+        let (d, nq) = (self.d, self.nq);
+        match *codec.value_layout() {
+            ValueLayout::Ternary { scales, trits } => {
+                read_f16s(
+                    &block[scales.range()],
+                    &mut self.scales,
+                    &mut self.halves,
+                    |_| true,
+                    "ternary scale not finite and non-negative",
+                    scales.offset,
+                )?;
+                let bytes = &block[trits.range()];
+                if let Some(at) = bytes.iter().position(|&b| b > MAX_TRIT_BYTE) {
+                    return Err(Error::Corrupt {
+                        what: "trit byte above 242",
+                        offset: trits.offset + at,
+                    });
+                }
+                // Salient tokens carry trit 0: nothing to exclude.
+                if nq >= QC / 2 {
+                    self.ternary_tables::<G>(bytes, p, acc);
+                } else {
+                    let dp = trit_row_bytes(d) * 5;
+                    for (b, o) in bytes.iter().zip(self.rows.chunks_exact_mut(5)) {
+                        let o: &mut [f32; 5] = o.try_into().expect("chunks of 5");
+                        *o = TRITS[usize::from(*b)];
+                    }
+                    for (q, a) in acc.chunks_exact_mut(d).enumerate() {
+                        let blk = &mut self.block[..d];
+                        blk.fill(0.0);
+                        accumulate_tokens(&p[q * G..][..G], &self.rows, dp, blk);
+                        a.iter_mut()
+                            .zip(blk.iter().zip(&self.scales))
+                            .for_each(|(a, (b, s))| *a += b * s);
+                    }
+                }
+            }
+            ValueLayout::PerChannel {
+                bits,
+                params,
+                codes,
+            } => {
+                read_affine(
+                    &block[params.range()],
+                    params.offset,
+                    &mut self.lo,
+                    &mut self.scales,
+                    &mut self.tmp,
+                    &mut self.halves,
+                )?;
+                unpack_f32(bits.get(), &block[codes.range()], &mut self.rows[..G * d]);
+                for q in 0..nq {
+                    let pq = &p[q * G..][..G];
+                    let blk = &mut self.block[..d];
+                    blk.fill(0.0);
+                    accumulate_tokens(pq, &self.rows, d, blk);
+                    let psum: f32 = (0..G)
+                        .filter(|&t| excluded >> t & 1 == 0)
+                        .map(|t| pq[t])
+                        .sum();
+                    let a = &mut acc[q * d..][..d];
+                    for c in 0..d {
+                        a[c] += self.lo[c] * psum + self.scales[c] * blk[c];
+                    }
+                }
+            }
+            ValueLayout::PerToken {
+                bits,
+                channel_group,
+                params,
+                codes,
+            } => {
+                let groups = d.div_ceil(channel_group);
+                unpack_f32(bits.get(), &block[codes.range()], &mut self.rows[..G * d]);
+                for t in (0..G).filter(|&t| excluded >> t & 1 == 0) {
+                    let codes = &self.rows[t * d..][..d];
+                    for gi in 0..groups {
+                        let pr =
+                            read_params(&block[params.range()], t * groups + gi, params.offset)?;
+                        let (lo, step) = (pr.lo.to_f32(), pr.step.to_f32());
+                        let span = gi * channel_group..((gi + 1) * channel_group).min(d);
+                        for q in 0..nq {
+                            let pt = p[q * G + t];
+                            let (plo, pstep) = (pt * lo, pt * step);
+                            acc[q * d..][span.clone()]
+                                .iter_mut()
+                                .zip(&codes[span.clone()])
+                                .for_each(|(a, &code)| *a += plo + pstep * code);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ternary pass with lookup tables ("four Russians"): for every group of four tokens and
+    /// every chunk of [`QC`] queries, a table of the 81 possible trit patterns of a channel holds
+    /// `Σ_i p_{q,t_i}·trit_i`; each channel then costs one table row per four tokens instead of
+    /// four multiply-adds per query.
+    fn ternary_tables<const G: usize>(&mut self, trits: &[u8], p: &[f32], acc: &mut [f32]) {
+        let (d, nq) = (self.d, self.nq);
+        let dp = trit_row_bytes(d) * 5;
+        // Eight bytes written every five (the buffer has three bytes of slack).
+        for (i, b) in trits.iter().enumerate() {
+            self.digits[5 * i..5 * i + 8].copy_from_slice(&DIGITS[usize::from(*b)].to_le_bytes());
+        }
+        for (grp, pat) in self.patterns.chunks_exact_mut(d).enumerate() {
+            let rows = &self.digits[grp * TG * dp..];
+            let (r0, r1, r2, r3) = (
+                &rows[..d],
+                &rows[dp..][..d],
+                &rows[2 * dp..][..d],
+                &rows[3 * dp..][..d],
+            );
+            for c in 0..d {
+                pat[c] = r0[c] + 3 * r1[c] + 9 * r2[c] + 27 * r3[c];
+            }
+        }
+        for q0 in (0..nq).step_by(QC) {
+            // Tables: level by level, T[a + n·digit] = T[a] + (digit − 1)·p.
+            for (grp, table) in self.tables.chunks_exact_mut(81).enumerate() {
+                let mut pt = [[0.0f32; QC]; TG];
+                for (i, row) in pt.iter_mut().enumerate() {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        if q0 + j < nq {
+                            *x = p[(q0 + j) * G + grp * TG + i];
+                        }
+                    }
+                }
+                table[0] = pt[0].map(|x| -x);
+                table[1] = [0.0; QC];
+                table[2] = pt[0];
+                let mut n = 3;
+                for level in pt.iter().skip(1) {
+                    for a in 0..n {
+                        let base = table[a];
+                        let mut up = base;
+                        let mut down = base;
+                        for j in 0..QC {
+                            up[j] += level[j];
+                            down[j] -= level[j];
+                        }
+                        table[a + n] = base;
+                        table[a + 2 * n] = up;
+                        table[a] = down;
+                    }
+                    n *= 3;
+                }
+            }
+            for (c, sum) in self.sums.iter_mut().enumerate() {
+                let mut s = [0.0f32; QC];
+                for (grp, table) in self.tables.chunks_exact(81).enumerate() {
+                    let row = &table[usize::from(self.patterns[grp * d + c])];
+                    for j in 0..QC {
+                        s[j] += row[j];
+                    }
+                }
+                *sum = s;
+            }
+            for j in 0..QC.min(nq - q0) {
+                let a = &mut acc[(q0 + j) * d..][..d];
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a += self.sums[c][j] * self.scales[c];
+                }
+            }
+        }
+    }
+}
+
+/// `out[c] += Σ_t p[t]·rows[t·stride + c]` for `c < out.len()`, in register-sized channel
+/// chunks (the accumulators stay in registers while the tokens stream by).
+fn accumulate_tokens(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    let mut c = 0;
+    while c + 32 <= d {
+        accumulate_chunk::<32>(p, rows, stride, c, out);
+        c += 32;
+    }
+    while c + 8 <= d {
+        accumulate_chunk::<8>(p, rows, stride, c, out);
+        c += 8;
+    }
+    for c in c..d {
+        out[c] += p
+            .iter()
+            .enumerate()
+            .map(|(t, &pt)| pt * rows[t * stride + c])
+            .sum::<f32>();
+    }
+}
+
+#[inline(always)]
+fn accumulate_chunk<const N: usize>(
+    p: &[f32],
+    rows: &[f32],
+    stride: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    let out: &mut [f32; N] = (&mut out[c..c + N]).try_into().expect("chunk of N");
+    let mut acc = *out;
+    for (t, &pt) in p.iter().enumerate() {
+        let r: &[f32; N] = rows[t * stride + c..][..N].try_into().expect("chunk of N");
+        for i in 0..N {
+            acc[i] += pt * r[i];
+        }
+    }
+    *out = acc;
+}
+
+// ---- salient tokens -------------------------------------------------------------------------
+
+/// Reads salient masks and values while the blocks are visited in order.
+struct SalientReader<'a> {
+    codec: Codec,
+    masks: &'a [u8],
+    groups: &'a [u8],
+    group_count: usize,
+    pending: &'a [u8],
+    pending_len: usize,
+    /// Salient tokens seen so far (the rank of the next one).
+    seen: usize,
+    /// Decoded (lo, step) of the group in `current`.
+    current: Option<usize>,
+    lo: Vec<f32>,
+    step: Vec<f32>,
+    value: Vec<f32>,
+}
+
+impl<'a> SalientReader<'a> {
+    fn new(codec: &Codec, s: &'a SalientArgs<'_, Vec<u8>>, blocks: usize) -> Result<Self> {
+        let (d, g) = (codec.head_dim(), codec.group());
+        let sc = salient_codec(codec);
+        let masks = s.masks.get(..blocks * g / 8).ok_or(short(
+            "salient masks",
+            blocks * g / 8,
+            s.masks.len(),
+        ))?;
+        let groups = s
+            .groups
+            .get(..s.group_count * sc.value_block_bytes())
+            .ok_or(short(
+                "salient groups",
+                s.group_count * sc.value_block_bytes(),
+                s.groups.len(),
+            ))?;
+        let pending = s.pending.get(..s.pending_len * d * 2).ok_or(short(
+            "pending salient rows",
+            s.pending_len * d * 2,
+            s.pending.len(),
+        ))?;
+        let salient_total: usize = masks.iter().map(|b| b.count_ones() as usize).sum();
+        if salient_total != s.group_count * g + s.pending_len {
+            return Err(Error::Corrupt {
+                what: "salient masks disagree with the salient group and pending counts",
+                offset: 0,
+            });
+        }
+        Ok(Self {
+            codec: sc,
+            masks,
+            groups,
+            group_count: s.group_count,
+            pending,
+            pending_len: s.pending_len,
+            seen: 0,
+            current: None,
+            lo: vec![0.0; d],
+            step: vec![0.0; d],
+            value: vec![0.0; d],
+        })
+    }
+
+    /// Adds the salient tokens of block `b` (weights `p`, `[nq, G]`) to `acc`; returns the mask.
+    fn block(&mut self, b: usize, p: &[f32], d: usize, acc: &mut [f32]) -> Result<u128> {
+        let g = self.codec.group();
+        let mut mask = 0u128;
+        for (i, &byte) in self.masks[b * g / 8..][..g / 8].iter().enumerate() {
+            mask |= u128::from(byte) << (8 * i);
+        }
+        let mut bits = mask;
+        while bits != 0 {
+            let t = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            self.value_of(self.seen)?;
+            self.seen += 1;
+            for (q, a) in acc.chunks_exact_mut(d).enumerate() {
+                axpy(a, p[q * g + t], &self.value);
+            }
+        }
+        Ok(mask)
+    }
+
+    /// Decodes the value of salient rank `k` into `self.value`.
+    fn value_of(&mut self, k: usize) -> Result<()> {
+        let (d, g) = (self.codec.head_dim(), self.codec.group());
+        if k < self.group_count * g {
+            let (gi, r) = (k / g, k % g);
+            let vb = self.codec.value_block_bytes();
+            let block = &self.groups[gi * vb..][..vb];
+            let ValueLayout::PerChannel {
+                bits,
+                params,
+                codes,
+            } = *self.codec.value_layout()
+            else {
+                unreachable!("salient groups are per-channel value blocks")
+            };
+            if self.current != Some(gi) {
+                for c in 0..d {
+                    let pc = read_params(&block[params.range()], c, params.offset)
+                        .map_err(|e| locate(e, gi * vb))?;
+                    self.lo[c] = pc.lo.to_f32();
+                    self.step[c] = pc.step.to_f32();
+                }
+                self.current = Some(gi);
+            }
+            for c in 0..d {
+                let code = vidkv_core::pack::code_at(bits.get(), &block[codes.range()], r * d + c);
+                self.value[c] = self.lo[c] + f32::from(code) * self.step[c];
+            }
+        } else {
+            let r = k - self.group_count * g;
+            if r >= self.pending_len {
+                return Err(Error::Corrupt {
+                    what: "more salient tokens than salient values",
+                    offset: 0,
+                });
+            }
+            for (c, v) in self.value.iter_mut().enumerate() {
+                *v = f16_at(self.pending, r * d + c).to_f32();
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- dense f16 / f32 rows -------------------------------------------------------------------
+
+/// Scratch for one tile of dense rows.
+struct DenseTile {
+    rows: usize,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    half: Vec<f16>,
+}
+
+impl DenseTile {
+    fn new(rows: usize, d: usize) -> Self {
+        Self {
+            rows,
+            keys: vec![0.0; rows * d],
+            values: vec![0.0; rows * d],
+            half: vec![f16::ZERO; rows * d],
+        }
+    }
+}
+
+/// Attends to the live rows of a [`DenseRows`] (in at most two contiguous runs of the ring).
+fn dense_rows(
+    rows: &DenseRows<'_, Vec<u8>>,
+    d: usize,
+    queries: &[f32],
+    state: &mut Online,
+    tile: &mut DenseTile,
+) -> Result<()> {
+    let bytes = rows.capacity * d * 2;
+    if rows.keys.len() < bytes || rows.values.len() < bytes || rows.len > rows.capacity {
+        return Err(short(
+            "f16 rows",
+            bytes,
+            rows.keys.len().min(rows.values.len()),
+        ));
+    }
+    if rows.len > 0 && rows.start >= rows.capacity {
+        return Err(Error::InvalidConfig {
+            reason: "f16 rows start beyond their capacity",
+        });
+    }
+    let mut done = 0;
+    while done < rows.len {
+        let first = (rows.start + done) % rows.capacity;
+        let run = (rows.len - done).min(rows.capacity - first);
+        let mut t = 0;
+        while t < run {
+            let n = (run - t).min(tile.rows);
+            let span = (first + t) * d * 2..(first + t + n) * d * 2;
+            load_f16(
+                &rows.keys[span.clone()],
+                &mut tile.half,
+                &mut tile.keys[..n * d],
+            );
+            load_f16(
+                &rows.values[span],
+                &mut tile.half,
+                &mut tile.values[..n * d],
+            );
+            dense_tile(
+                queries,
+                d,
+                &tile.keys[..n * d],
+                &tile.values[..n * d],
+                n,
+                state,
+            );
+            t += n;
+        }
+        done += run;
+    }
+    Ok(())
+}
+
+/// Converts little-endian f16 bytes to f32 (through `half`'s slice conversion).
+fn load_f16(bytes: &[u8], half: &mut [f16], out: &mut [f32]) {
+    let half = &mut half[..out.len()];
+    for (h, c) in half.iter_mut().zip(bytes.chunks_exact(2)) {
+        *h = f16::from_le_bytes([c[0], c[1]]);
+    }
+    half.convert_to_f32_slice(out);
+}
+
+/// One tile of `n` f32 rows: scores for all queries, online softmax, value accumulation.
+fn dense_tile(queries: &[f32], d: usize, keys: &[f32], values: &[f32], n: usize, s: &mut Online) {
+    let stride = s.stride;
+    for (q, qrow) in queries.chunks_exact(d).enumerate() {
+        for (t, k) in keys.chunks_exact(d).enumerate().take(n) {
+            s.scores[q * stride + t] = dot(qrow, k);
+        }
+    }
+    s.absorb(n);
+    for q in 0..s.nq {
+        accumulate_tokens(
+            &s.scores[q * stride..][..n],
+            values,
+            d,
+            &mut s.acc[q * d..][..d],
+        );
+    }
+}
+
+/// Tokens per tile of the dense baselines.
+const DENSE_TILE: usize = 32;
+
+/// The dense baseline over an f16 cache: attention of `queries` (`[nq, d]`, unscaled) over
+/// `keys`/`values` (`[tokens, d]` f16) with the same tiles, GQA sharing, online softmax and
+/// exponential as the fused kernel; writes `[nq, d]` into `out`.
+pub fn attend_dense_f16(
+    queries: &[f32],
+    d: usize,
+    scale: f32,
+    keys: &[f16],
+    values: &[f16],
+    out: &mut [f32],
+) {
+    let nq = queries.len() / d;
+    let q: Vec<f32> = queries.iter().map(|x| x * scale).collect();
+    let mut state = Online::new(nq, d, DENSE_TILE);
+    let mut k32 = vec![0.0f32; DENSE_TILE * d];
+    let mut v32 = vec![0.0f32; DENSE_TILE * d];
+    for (kt, vt) in keys
+        .chunks(DENSE_TILE * d)
+        .zip(values.chunks(DENSE_TILE * d))
+    {
+        let n = kt.len() / d;
+        kt.convert_to_f32_slice(&mut k32[..kt.len()]);
+        vt.convert_to_f32_slice(&mut v32[..vt.len()]);
+        dense_tile(&q, d, &k32[..n * d], &v32[..n * d], n, &mut state);
+    }
+    out.copy_from_slice(&state.finish());
+}
+
+/// The dense baseline over an f32 cache (see [`attend_dense_f16`]).
+pub fn attend_dense_f32(
+    queries: &[f32],
+    d: usize,
+    scale: f32,
+    keys: &[f32],
+    values: &[f32],
+    out: &mut [f32],
+) {
+    let nq = queries.len() / d;
+    let q: Vec<f32> = queries.iter().map(|x| x * scale).collect();
+    let mut state = Online::new(nq, d, DENSE_TILE);
+    for (kt, vt) in keys
+        .chunks(DENSE_TILE * d)
+        .zip(values.chunks(DENSE_TILE * d))
+    {
+        dense_tile(&q, d, kt, vt, kt.len() / d, &mut state);
+    }
+    out.copy_from_slice(&state.finish());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate_over_the_softmax_range() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 1.0 {
+            let want = libm::exp(f64::from(x));
+            let got = f64::from(exp(x));
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn code_tables_match_the_packing() {
+        let mut out = [0.0f32; 8];
+        unpack_f32(2, &[0b11_10_01_00, 0b00_00_00_11], &mut out);
+        assert_eq!(out, [0.0, 1.0, 2.0, 3.0, 3.0, 0.0, 0.0, 0.0]);
+        unpack_f32(1, &[0b1000_0001], &mut out);
+        assert_eq!(out, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        let mut four = [0.0f32; 3];
+        unpack_f32(4, &[0x21, 0x0f], &mut four);
+        assert_eq!(four, [1.0, 2.0, 15.0]);
+        assert_eq!(TRITS[200], [1.0, -1.0, 0.0, 0.0, 1.0]);
+    }
+}
