@@ -8,6 +8,7 @@
 //! * [`mod@quantize`] — quantize and decode one tensor with any [`KvQuantBackend`];
 //! * [`mod@eval`] — storage cost, error and throughput of a tensor under a scheme;
 //! * [`mod@roundtrip`] — quantize-then-dequantize a whole file;
+//! * [`vkv`] — whole caches in `.vkv` container files (pack, unpack, inspect);
 //! * [`error`] — errors that name the file and tensor they concern.
 //!
 //! Everything that touches a backend is generic over [`KvQuantBackend`], so the SIMD and CUDA
@@ -21,6 +22,7 @@ pub mod options;
 pub mod quantize;
 pub mod roundtrip;
 pub mod tensor;
+pub mod vkv;
 
 /// vidkv-core's error (what backends and codecs return); [`Error`] wraps it with file context.
 pub use vidkv_core::Error as CoreError;

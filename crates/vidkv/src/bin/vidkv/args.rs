@@ -22,6 +22,12 @@ pub enum Command {
     Eval(EvalArgs),
     /// Write a copy of a file with every K/V tensor quantized, then dequantized to fp16.
     Roundtrip(RoundtripArgs),
+    /// Quantize every K/V layer of a safetensors file into a `.vkv` container.
+    Pack(crate::vkv_cmd::PackArgs),
+    /// Dequantize a `.vkv` container into an fp16 safetensors file (tail tokens exact).
+    Unpack(crate::vkv_cmd::UnpackArgs),
+    /// Configuration, sizes and bits per element of a `.vkv` container.
+    Inspect(crate::vkv_cmd::InspectArgs),
 }
 
 /// `vidkv eval`.

@@ -1,5 +1,5 @@
 //! The `vidkv` command: `eval` measures the schemes on K/V tensors, `roundtrip` writes a
-//! quantized-then-dequantized copy of a file.
+//! quantized-then-dequantized copy of a file; `pack`/`unpack`/`inspect` handle `.vkv` files.
 //!
 //! Every failure is printed as one `error: …` line on stderr with exit code 1 (clap's own usage
 //! errors keep exit code 2); a closed stdout (`vidkv eval | head`) ends the run quietly.
@@ -7,6 +7,7 @@
 mod args;
 mod builtin;
 mod report;
+mod vkv_cmd;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Eval(a) => eval(&backend, &a),
         Command::Roundtrip(a) => roundtrip(&backend, &a),
+        Command::Pack(a) => vkv_cmd::pack(&backend, &a),
+        Command::Unpack(a) => vkv_cmd::unpack(&backend, &a),
+        Command::Inspect(a) => vkv_cmd::inspect(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
