@@ -364,16 +364,15 @@ static SPREAD: [u32; 256] = {
     t
 };
 
-/// The five base-3 digits (trit + 1) of a byte in the low five bytes of a little-endian u64
-/// (bytes above 242 are rejected before use).
-static DIGITS: [u64; 256] = {
-    let mut t = [0u64; 256];
+/// The five base-3 digits (trit + 1) of a byte (bytes above 242 are rejected before use).
+static DIGITS: [[u8; 5]; 256] = {
+    let mut t = [[1u8; 5]; 256];
     let mut b = 0;
     while b <= MAX_TRIT_BYTE as usize {
         let mut rest = b;
         let mut i = 0;
         while i < 5 {
-            t[b] |= ((rest % 3) as u64) << (8 * i);
+            t[b][i] = (rest % 3) as u8;
             rest /= 3;
             i += 1;
         }
@@ -383,6 +382,7 @@ static DIGITS: [u64; 256] = {
 };
 
 /// Unpacks a stream of `bits`-bit codes into floats (`out.len()` codes).
+#[inline(never)]
 fn unpack_f32(bits: u32, bytes: &[u8], out: &mut [f32]) {
     match bits {
         2 => unpack_with(&CODES2, bytes, out),
@@ -410,6 +410,7 @@ fn unpack_with<const N: usize>(table: &[[f32; N]; 256], bytes: &[u8], out: &mut 
 
 /// Reads `n` f16 values of a section into `out` and checks each is finite and, if `non_negative`,
 /// has no sign bit (as encoders write scales and steps).
+#[inline(never)]
 fn read_f16s(
     bytes: &[u8],
     out: &mut [f32],
@@ -464,18 +465,29 @@ fn read_affine(
     Ok(())
 }
 
+/// Query heads per KV head from which the lookup-table passes ("four Russians") pay off.
+const TABLES_FROM: usize = 4;
+
+/// Tokens per lookup-table group in the ternary value pass (3⁴ = 81 patterns).
+const TG: usize = 4;
+
+/// Queries per lane vector: query-indexed quantities are kept as `[f32; QW]` rows, one per
+/// channel or lane, so that per-block preparation runs eight queries per operation.
+const QW: usize = 8;
+
 /// Scores a key block for all queries.
 struct KeyScorer {
     nq: usize,
     d: usize,
-    /// Queries (already scaled), `[nq, d]`.
-    q: Vec<f32>,
-    /// `[nq, channels]` query values at the code channels (outliers, or every channel).
-    qo: Vec<f32>,
-    /// Per query: the constant part of every token's score in the current block.
-    constant: Vec<f32>,
-    /// `[nq, channels]` per-channel code weights `q_c·step_c` of the current block.
-    code_w: Vec<f32>,
+    /// Chunks of [`QW`] queries.
+    chunks: usize,
+    /// Transposed queries (already scaled): `qt[ch·d + c][j]` = query `ch·QW + j` at channel c
+    /// (zero for padding).
+    qt: Vec<[f32; QW]>,
+    /// Per chunk: the constant part of every token's score in the current block.
+    constant: Vec<[f32; QW]>,
+    /// `[chunks, channels]` code weights `q_c·step_c` of the current block.
+    code_w: Vec<[f32; QW]>,
     lo: Vec<f32>,
     step: Vec<f32>,
     tmp: Vec<f32>,
@@ -488,31 +500,40 @@ struct KeyScorer {
 /// What mixed-precision keys need beyond per-channel keys: the adjoint weights per mask.
 struct MixedState {
     transform: LaneTransform,
-    /// Lane j decodes to `s_j·(ca_j + cb_j·bit)` (the lane rule is linear in the scale).
+    /// Lane j decodes to `s_j·(ca_j + cb_j·bit)` (every lane rule is linear in the scale).
     ca: Vec<f32>,
     cb: Vec<f32>,
     mask: Option<ChannelMask>,
     outliers: Vec<usize>,
     normals: Vec<usize>,
-    /// `[nq, M]` adjoint weights `T⁻ᵀ(q_normal)` for `mask`, times `ca` and `cb`.
-    wa: Vec<f32>,
-    wb: Vec<f32>,
-    /// `[nq, M]` bit weights `w_j·cb_j·s_j` of the current block.
-    bit_w: Vec<f32>,
+    /// `[chunks, M]` adjoint weights `T⁻ᵀ(q_normal)` for `mask`, times `ca` and `cb`.
+    wa: Vec<[f32; QW]>,
+    wb: Vec<[f32; QW]>,
+    /// `[chunks, M]` bit weights `w_j·cb_j·s_j` of the current block.
+    bit_w: Vec<[f32; QW]>,
     scales: Vec<f32>,
     /// Unpacked lane bits of one block, `[M, G]` (direct path).
     bits: Vec<f32>,
-    /// Lookup tables `[⌈M/4⌉, 16]` and 4-bit patterns `[⌈M/4⌉, G/8]` (table path).
-    lane_table: Vec<[f32; QC]>,
+    /// Lookup tables (one per group of four lanes), 4-bit patterns `[G/8, ⌈M/4⌉]` and
+    /// token-major lane scores `[G]` of one chunk of queries (table path).
+    lane_table: Vec<[[f32; QW]; 16]>,
     nibbles: Vec<u32>,
-    gathered: Vec<f32>,
-    w: Vec<f32>,
+    lane_scores: Vec<[f32; QW]>,
+    gathered: Vec<[f32; QW]>,
+    w: Vec<[f32; QW]>,
     scratch: Vec<f32>,
 }
 
 impl KeyScorer {
     fn new(codec: &Codec, q: &[f32], nq: usize) -> Self {
         let (d, g) = (codec.head_dim(), codec.group());
+        let chunks = nq.div_ceil(QW);
+        let mut qt = vec![[0.0f32; QW]; chunks * d];
+        for (qi, row) in q.chunks_exact(d).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                qt[qi / QW * d + c][qi % QW] = x;
+            }
+        }
         let mixed = match codec.config().keys {
             KeyScheme::Mixed(keys) => {
                 let transform = lane_transform(codec, keys);
@@ -530,15 +551,16 @@ impl KeyScorer {
                     mask: None,
                     outliers: Vec::with_capacity(d),
                     normals: Vec::with_capacity(d),
-                    wa: vec![0.0; nq * m],
-                    wb: vec![0.0; nq * m],
-                    bit_w: vec![0.0; nq * m],
+                    wa: vec![[0.0; QW]; chunks * m],
+                    wb: vec![[0.0; QW]; chunks * m],
+                    bit_w: vec![[0.0; QW]; chunks * m],
                     scales: vec![0.0; m],
                     bits: vec![0.0; m * g],
-                    lane_table: vec![[0.0; QC]; m.div_ceil(4) * 16],
+                    lane_table: vec![[[0.0; QW]; 16]; m.div_ceil(4)],
                     nibbles: vec![0; m.div_ceil(4) * g / 8],
-                    gathered: vec![0.0; nq * m],
-                    w: vec![0.0; nq * m],
+                    lane_scores: vec![[0.0; QW]; g],
+                    gathered: vec![[0.0; QW]; m],
+                    w: vec![[0.0; QW]; m],
                     scratch: Vec::new(),
                 })
             }
@@ -547,10 +569,10 @@ impl KeyScorer {
         Self {
             nq,
             d,
-            q: q.to_vec(),
-            qo: q.to_vec(),
-            constant: vec![0.0; nq],
-            code_w: vec![0.0; nq * d],
+            chunks,
+            qt,
+            constant: vec![[0.0; QW]; chunks],
+            code_w: vec![[0.0; QW]; chunks * d],
             lo: vec![0.0; d],
             step: vec![0.0; d],
             tmp: vec![0.0; 2 * d],
@@ -560,8 +582,11 @@ impl KeyScorer {
         }
     }
 
-    /// Constant and code weights of `n` code channels whose parameters start the section.
-    fn code_channels(&mut self, section: &[u8], offset: usize, n: usize) -> Result<()> {
+    /// Constants and code weights of the code channels `channels` (their parameters start the
+    /// section, in this order).
+    #[inline(never)]
+    fn code_channels(&mut self, section: &[u8], offset: usize, channels: &[usize]) -> Result<()> {
+        let (d, n) = (self.d, channels.len());
         read_affine(
             section,
             offset,
@@ -570,18 +595,27 @@ impl KeyScorer {
             &mut self.tmp,
             &mut self.halves,
         )?;
-        for q in 0..self.nq {
-            let qo = &self.qo[q * n..][..n];
-            self.constant[q] = dot(qo, &self.lo[..n]);
-            self.code_w[q * n..][..n]
+        for ch in 0..self.chunks {
+            let qt = &self.qt[ch * d..][..d];
+            let mut constant = [0.0f32; QW];
+            let weights = &mut self.code_w[ch * n..][..n];
+            for (((w, &c), &lo), &step) in weights
                 .iter_mut()
-                .zip(qo.iter().zip(&self.step[..n]))
-                .for_each(|(w, (q, s))| *w = q * s);
+                .zip(channels)
+                .zip(&self.lo)
+                .zip(&self.step)
+            {
+                let q = qt[c];
+                constant = core::array::from_fn(|j| constant[j] + q[j] * lo);
+                *w = q.map(|x| x * step);
+            }
+            self.constant[ch] = constant;
         }
         Ok(())
     }
 
     /// Writes the block's scores into `scores` (`[nq, G]`).
+    #[inline(never)]
     fn score<const G: usize>(
         &mut self,
         codec: &Codec,
@@ -595,9 +629,10 @@ impl KeyScorer {
                 codes,
             } => {
                 let d = self.d;
-                self.code_channels(&block[params.range()], params.offset, d)?;
+                let all: Vec<usize> = (0..d).collect();
+                self.code_channels(&block[params.range()], params.offset, &all)?;
                 unpack_f32(bits.get(), &block[codes.range()], &mut self.codes[..d * G]);
-                weighted_rows::<G>(&self.constant, &self.code_w, d, &self.codes, scores);
+                self.weighted_rows::<G>(d, scores);
                 Ok(())
             }
             KeyLayout::Mixed {
@@ -609,62 +644,92 @@ impl KeyScorer {
                 outlier_codes,
                 lane_bits,
             } => {
-                let (d, nq) = (self.d, self.nq);
-                let chosen = ChannelMask::read(&block[mask.range()], d, k)?;
-                let st = self.mixed.as_mut().expect("mixed keys have a mixed state");
+                let chosen = ChannelMask::read(&block[mask.range()], self.d, k)?;
+                let mut st = self.mixed.take().expect("mixed keys have a mixed state");
                 if st.mask != Some(chosen) {
-                    st.set_mask(chosen, &self.q, nq, d);
-                    for q in 0..nq {
-                        let row = &self.q[q * d..][..d];
-                        for (o, &c) in self.qo[q * k..][..k].iter_mut().zip(&st.outliers) {
-                            *o = row[c];
-                        }
-                    }
+                    st.set_mask(chosen, &self.qt, self.chunks, self.d);
                 }
-                // Outliers: constant Σ q_c·lo_c, code weights q_c·step_c.
-                self.code_channels(&block[outlier_params.range()], outlier_params.offset, k)?;
-                // Lanes: w·ẑ = Σ_j w_j·s_j·ca_j + Σ_j w_j·s_j·cb_j·bit_j.
-                let st = self.mixed.as_mut().expect("mixed keys have a mixed state");
-                read_f16s(
-                    &block[lane_scales.range()],
-                    &mut st.scales,
-                    &mut self.halves,
-                    |_| true,
-                    "lane scale not finite and non-negative",
-                    lane_scales.offset,
-                )?;
-                for q in 0..nq {
-                    self.constant[q] += dot(&st.wa[q * lanes..][..lanes], &st.scales);
-                    st.bit_w[q * lanes..][..lanes]
-                        .iter_mut()
-                        .zip(st.wb[q * lanes..][..lanes].iter().zip(&st.scales))
-                        .for_each(|(bw, (w, s))| *bw = w * s);
-                }
-                unpack_f32(2, &block[outlier_codes.range()], &mut self.codes[..k * G]);
-                weighted_rows::<G>(
-                    &self.constant,
-                    &self.code_w[..nq * k],
+                let result = self.mixed_block::<G>(
+                    &mut st,
+                    block,
                     k,
-                    &self.codes,
+                    lanes,
                     scores,
+                    [outlier_params, lane_scales, outlier_codes, lane_bits],
                 );
-                if lanes > 0 && nq >= QC / 2 {
-                    st.lane_tables::<G>(nq, lanes, &block[lane_bits.range()], scores);
-                } else if lanes > 0 {
-                    unpack_f32(1, &block[lane_bits.range()], &mut st.bits[..lanes * G]);
-                    add_weighted_rows::<G>(&st.bit_w, lanes, &st.bits, scores);
-                }
-                Ok(())
+                self.mixed = Some(st);
+                result
             }
+        }
+    }
+
+    fn mixed_block<const G: usize>(
+        &mut self,
+        st: &mut MixedState,
+        block: &[u8],
+        k: usize,
+        lanes: usize,
+        scores: &mut [f32],
+        [outlier_params, lane_scales, outlier_codes, lane_bits]: [vidkv_core::Section; 4],
+    ) -> Result<()> {
+        // Outliers: constant Σ q_c·lo_c, code weights q_c·step_c.
+        self.code_channels(
+            &block[outlier_params.range()],
+            outlier_params.offset,
+            &st.outliers,
+        )?;
+        // Lanes: w·ẑ = Σ_j w_j·ca_j·s_j + Σ_j w_j·cb_j·s_j·bit_j.
+        read_f16s(
+            &block[lane_scales.range()],
+            &mut st.scales,
+            &mut self.halves,
+            |_| true,
+            "lane scale not finite and non-negative",
+            lane_scales.offset,
+        )?;
+        for ch in 0..self.chunks {
+            let mut constant = self.constant[ch];
+            let wa = &st.wa[ch * lanes..][..lanes];
+            let wb = &st.wb[ch * lanes..][..lanes];
+            let bw = &mut st.bit_w[ch * lanes..][..lanes];
+            for (((bw, wa), wb), &s) in bw.iter_mut().zip(wa).zip(wb).zip(&st.scales) {
+                constant = core::array::from_fn(|j| constant[j] + wa[j] * s);
+                *bw = wb.map(|x| x * s);
+            }
+            self.constant[ch] = constant;
+        }
+        unpack_f32(2, &block[outlier_codes.range()], &mut self.codes[..k * G]);
+        self.weighted_rows::<G>(k, scores);
+        if self.nq >= TABLES_FROM {
+            st.lane_tables::<G>(self.nq, lanes, &block[lane_bits.range()], scores);
+        } else {
+            unpack_f32(1, &block[lane_bits.range()], &mut st.bits[..lanes * G]);
+            for (q, out) in scores.chunks_exact_mut(G).enumerate().take(self.nq) {
+                let out: &mut [f32; G] = out.try_into().expect("rows of G scores");
+                let weights = &st.bit_w[q / QW * lanes..][..lanes];
+                accumulate_rows::<G>(weights, q % QW, &st.bits, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// `scores[q][t] = constant[q] + Σ_i code_w[q][i]·codes[i][t]` for `n` code channels.
+    #[inline(never)]
+    fn weighted_rows<const G: usize>(&self, n: usize, scores: &mut [f32]) {
+        for (q, out) in scores.chunks_exact_mut(G).enumerate().take(self.nq) {
+            let out: &mut [f32; G] = out.try_into().expect("rows of G scores");
+            out.fill(self.constant[q / QW][q % QW]);
+            let weights = &self.code_w[q / QW * n..][..n];
+            accumulate_rows::<G>(weights, q % QW, &self.codes, out);
         }
     }
 }
 
 impl MixedState {
     /// Adds the lane part of the scores with lookup tables ("four Russians"): for each group of
-    /// four lanes and each chunk of [`QC`] queries, a table of the 16 bit patterns holds
-    /// `Σ_i bit_i·bit_w_i`, so a token costs one table row per four lanes instead of four
-    /// multiply-adds per query.
+    /// four lanes, a table of the 16 bit patterns holds `Σ_i bit_i·bit_w_i` for [`QW`] queries,
+    /// so a token costs one table row per four lanes instead of four multiply-adds per query.
+    #[inline(never)]
     fn lane_tables<const G: usize>(
         &mut self,
         nq: usize,
@@ -674,59 +739,52 @@ impl MixedState {
     ) {
         let groups = m.div_ceil(4);
         let bpl = G / 8;
-        // Per group and byte of tokens: eight 4-bit patterns (token 8b + i at bits 4i..4i+4).
-        for g in 0..groups {
-            for b in 0..bpl {
-                let mut w = 0u32;
-                for i in 0..4 {
-                    let j = 4 * g + i;
-                    if j < m {
-                        w |= SPREAD[usize::from(lane_bits[j * bpl + b])] << i;
-                    }
+        // Per byte of tokens b and group g, at b·groups + g: eight 4-bit patterns (token 8b + i
+        // at bits 4i..4i+4).
+        for (b, words) in self.nibbles.chunks_exact_mut(groups).enumerate().take(bpl) {
+            for (g, w) in words.iter_mut().enumerate() {
+                *w = 0;
+                for i in 0..(m - 4 * g).min(4) {
+                    *w |= SPREAD[usize::from(lane_bits[(4 * g + i) * bpl + b])] << i;
                 }
-                self.nibbles[g * bpl + b] = w;
             }
         }
-        for q0 in (0..nq).step_by(QC) {
-            for g in 0..groups {
-                let table = &mut self.lane_table[g * 16..][..16];
-                table[0] = [0.0; QC];
+        for ch in 0..nq.div_ceil(QW) {
+            let weights = &self.bit_w[ch * m..][..m];
+            for (g, table) in self.lane_table.iter_mut().enumerate().take(groups) {
+                table[0] = [0.0; QW];
                 for i in 0..4 {
-                    let j = 4 * g + i;
-                    let mut w = [0.0f32; QC];
-                    if j < m {
-                        for (jq, x) in w.iter_mut().enumerate().take(nq - q0) {
-                            *x = self.bit_w[(q0 + jq) * m + j];
-                        }
-                    }
+                    let w = weights.get(4 * g + i).copied().unwrap_or([0.0; QW]);
                     let bit = 1 << i;
                     for b in 0..bit {
-                        let mut row = table[b];
-                        for jq in 0..QC {
-                            row[jq] += w[jq];
-                        }
-                        table[bit + b] = row;
+                        let row = table[b];
+                        table[bit + b] = core::array::from_fn(|j| row[j] + w[j]);
                     }
                 }
             }
-            for t in 0..G {
-                let (b, shift) = (t / 8, 4 * (t % 8));
-                let mut acc = [0.0f32; QC];
-                for (g, table) in self.lane_table.chunks_exact(16).enumerate().take(groups) {
-                    let nib = (self.nibbles[g * bpl + b] >> shift) & 15;
-                    let row = &table[nib as usize];
-                    for jq in 0..QC {
-                        acc[jq] += row[jq];
+            let tables = &self.lane_table[..groups];
+            for (b, words) in self.nibbles.chunks_exact(groups).enumerate().take(bpl) {
+                for i in 0..8 {
+                    let mut acc = [0.0f32; QW];
+                    for (table, &w) in tables.iter().zip(words) {
+                        let row = &table[((w >> (4 * i)) & 15) as usize];
+                        acc = core::array::from_fn(|j| acc[j] + row[j]);
                     }
+                    self.lane_scores[8 * b + i] = acc;
                 }
-                for (jq, &a) in acc.iter().enumerate().take(nq - q0) {
-                    scores[(q0 + jq) * G + t] += a;
+            }
+            for j in 0..QW.min(nq - ch * QW) {
+                let out = &mut scores[(ch * QW + j) * G..][..G];
+                for (o, l) in out.iter_mut().zip(&self.lane_scores) {
+                    *o += l[j];
                 }
             }
         }
     }
 
-    fn set_mask(&mut self, mask: ChannelMask, q: &[f32], nq: usize, d: usize) {
+    /// Channel lists and adjoint weights of a new outlier mask.
+    #[inline(never)]
+    fn set_mask(&mut self, mask: ChannelMask, qt: &[[f32; QW]], chunks: usize, d: usize) {
         self.outliers.clear();
         self.normals.clear();
         for c in 0..d {
@@ -737,57 +795,41 @@ impl MixedState {
             }
         }
         let m = self.normals.len();
-        if m > 0 {
-            for (row, g) in q.chunks_exact(d).zip(self.gathered.chunks_exact_mut(m)) {
-                for (g, &c) in g.iter_mut().zip(&self.normals) {
-                    *g = row[c];
-                }
+        for ch in 0..chunks {
+            let qt = &qt[ch * d..][..d];
+            for (g, &c) in self.gathered.iter_mut().zip(&self.normals) {
+                *g = qt[c];
             }
             self.transform
-                .inverse_adjoint_rows(&self.gathered, nq, &mut self.w, &mut self.scratch);
-            for ((w, wa), wb) in self
-                .w
-                .chunks_exact(m)
-                .zip(self.wa.chunks_exact_mut(m))
-                .zip(self.wb.chunks_exact_mut(m))
+                .inverse_adjoint_lanes(&self.gathered, &mut self.w, &mut self.scratch);
+            let wa = &mut self.wa[ch * m..][..m];
+            let wb = &mut self.wb[ch * m..][..m];
+            for ((((wa, wb), w), &ca), &cb) in wa
+                .iter_mut()
+                .zip(wb.iter_mut())
+                .zip(&self.w)
+                .zip(&self.ca)
+                .zip(&self.cb)
             {
-                for j in 0..m {
-                    wa[j] = w[j] * self.ca[j];
-                    wb[j] = w[j] * self.cb[j];
-                }
+                *wa = w.map(|x| x * ca);
+                *wb = w.map(|x| x * cb);
             }
         }
         self.mask = Some(mask);
     }
 }
 
-/// `scores[q][t] = constant[q] + Σ_i weights[q][i]·rows[i][t]` for `n` rows of G.
-fn weighted_rows<const G: usize>(
-    constant: &[f32],
-    weights: &[f32],
-    n: usize,
-    rows: &[f32],
-    scores: &mut [f32],
-) {
-    for (q, out) in scores.chunks_exact_mut(G).enumerate() {
-        let out: &mut [f32; G] = out.try_into().expect("rows of G scores");
-        out.fill(constant[q]);
-        accumulate_rows::<G>(&weights[q * n..][..n], rows, out);
-    }
-}
-
-/// `scores[q][t] += Σ_i weights[q][i]·rows[i][t]`.
-fn add_weighted_rows<const G: usize>(weights: &[f32], n: usize, rows: &[f32], scores: &mut [f32]) {
-    for (q, out) in scores.chunks_exact_mut(G).enumerate() {
-        let out: &mut [f32; G] = out.try_into().expect("rows of G scores");
-        accumulate_rows::<G>(&weights[q * n..][..n], rows, out);
-    }
-}
-
+/// `out[t] += Σ_i weights[i][lane]·rows[i][t]`.
 #[inline]
-fn accumulate_rows<const G: usize>(weights: &[f32], rows: &[f32], out: &mut [f32; G]) {
+fn accumulate_rows<const G: usize>(
+    weights: &[[f32; QW]],
+    lane: usize,
+    rows: &[f32],
+    out: &mut [f32; G],
+) {
     let mut acc = *out;
-    for (&w, row) in weights.iter().zip(rows.chunks_exact(G)) {
+    for (w, row) in weights.iter().zip(rows.chunks_exact(G)) {
+        let w = w[lane];
         let row: &[f32; G] = row.try_into().expect("rows of G codes");
         for t in 0..G {
             acc[t] += w * row[t];
@@ -798,26 +840,22 @@ fn accumulate_rows<const G: usize>(weights: &[f32], rows: &[f32], out: &mut [f32
 
 // ---- values ---------------------------------------------------------------------------------
 
-/// Queries per lookup-table row in the ternary value pass.
-const QC: usize = 8;
-
-/// Tokens per lookup-table group in the ternary value pass (3⁴ = 81 patterns).
-const TG: usize = 4;
-
 /// Accumulates a value block's weighted values for all queries.
 struct ValueAccumulator {
     nq: usize,
     d: usize,
-    /// Unpacked block codes: `[G, d]` floats (per-channel and per-token values, direct ternary).
+    /// Unpacked block: `[G, row]` floats (trits or codes).
     rows: Vec<f32>,
-    /// Ternary digits `[G, ⌈d/5⌉·5]` and token-group patterns `[G/4, d]`.
+    row: usize,
+    /// `[d]` per-block sums of one query before the per-channel scale.
+    block: Vec<f32>,
+    /// Ternary table path: digits `[G, ⌈d/5⌉·5]`, patterns `[G/4, d]`, one
+    /// table per group of four tokens, token-major weights `[G]` and per-channel sums `[d]`.
     digits: Vec<u8>,
     patterns: Vec<u8>,
-    /// Ternary lookup tables `[G/4, 81]` rows of QC queries, and per-channel sums `[d]` of them.
-    tables: Vec<[f32; QC]>,
-    sums: Vec<[f32; QC]>,
-    /// `[nq, d]` per-block sums before the per-channel scale (direct paths).
-    block: Vec<f32>,
+    tables: Vec<[[f32; QW]; 81]>,
+    weights: Vec<[f32; QW]>,
+    sums: Vec<[f32; QW]>,
     scales: Vec<f32>,
     lo: Vec<f32>,
     tmp: Vec<f32>,
@@ -827,33 +865,21 @@ struct ValueAccumulator {
 impl ValueAccumulator {
     fn new(codec: &Codec, nq: usize) -> Self {
         let (d, g) = (codec.head_dim(), codec.group());
-        let ternary = matches!(codec.value_layout(), ValueLayout::Ternary { .. });
-        let dp = trit_row_bytes(d) * 5;
+        let row = match codec.value_layout() {
+            ValueLayout::Ternary { .. } => trit_row_bytes(d) * 5,
+            _ => d,
+        };
         Self {
             nq,
             d,
-            rows: vec![0.0; g * dp],
-            digits: if ternary {
-                vec![0; g * dp + 3]
-            } else {
-                Vec::new()
-            },
-            patterns: if ternary {
-                vec![0; g / TG * d]
-            } else {
-                Vec::new()
-            },
-            tables: if ternary {
-                vec![[0.0; QC]; g / TG * 81]
-            } else {
-                Vec::new()
-            },
-            sums: if ternary {
-                vec![[0.0; QC]; d]
-            } else {
-                Vec::new()
-            },
-            block: vec![0.0; nq * d],
+            rows: vec![0.0; g * row],
+            row,
+            block: vec![0.0; d],
+            digits: vec![0; g * trit_row_bytes(d) * 5],
+            patterns: vec![0; g / TG * d],
+            tables: vec![[[0.0; QW]; 81]; g / TG],
+            weights: vec![[0.0; QW]; g],
+            sums: vec![[0.0; QW]; d],
             scales: vec![0.0; d],
             lo: vec![0.0; d],
             tmp: vec![0.0; 2 * d],
@@ -862,6 +888,7 @@ impl ValueAccumulator {
     }
 
     /// `p` is `[nq, G]` weights; `excluded` has bit t set for salient tokens (handled elsewhere).
+    #[inline(never)]
     fn add<const G: usize>(
         &mut self,
         codec: &Codec,
@@ -870,7 +897,7 @@ impl ValueAccumulator {
         p: &[f32],
         acc: &mut [f32],
     ) -> Result<()> {
-        let (d, nq) = (self.d, self.nq);
+        let (d, nq, row) = (self.d, self.nq, self.row);
         match *codec.value_layout() {
             ValueLayout::Ternary { scales, trits } => {
                 read_f16s(
@@ -888,22 +915,21 @@ impl ValueAccumulator {
                         offset: trits.offset + at,
                     });
                 }
-                // Salient tokens carry trit 0: nothing to exclude.
-                if nq >= QC / 2 {
+                // Salient tokens carry trit 0: nothing to exclude. The scale once per block.
+                if nq >= TABLES_FROM {
                     self.ternary_tables::<G>(bytes, p, acc);
-                } else {
-                    let dp = trit_row_bytes(d) * 5;
-                    for (b, o) in bytes.iter().zip(self.rows.chunks_exact_mut(5)) {
-                        let o: &mut [f32; 5] = o.try_into().expect("chunks of 5");
-                        *o = TRITS[usize::from(*b)];
-                    }
-                    for (q, a) in acc.chunks_exact_mut(d).enumerate() {
-                        let blk = &mut self.block[..d];
-                        blk.fill(0.0);
-                        accumulate_tokens(&p[q * G..][..G], &self.rows, dp, blk);
-                        a.iter_mut()
-                            .zip(blk.iter().zip(&self.scales))
-                            .for_each(|(a, (b, s))| *a += b * s);
+                    return Ok(());
+                }
+                for (b, o) in bytes.iter().zip(self.rows.chunks_exact_mut(5)) {
+                    let o: &mut [f32; 5] = o.try_into().expect("chunks of 5");
+                    *o = TRITS[usize::from(*b)];
+                }
+                for (q, a) in acc.chunks_exact_mut(d).enumerate().take(nq) {
+                    let blk = &mut self.block[..d];
+                    blk.fill(0.0);
+                    accumulate_tokens(&p[q * G..][..G], &self.rows, row, blk);
+                    for ((a, b), s) in a.iter_mut().zip(blk.iter()).zip(&self.scales) {
+                        *a += b * s;
                     }
                 }
             }
@@ -921,7 +947,7 @@ impl ValueAccumulator {
                     &mut self.halves,
                 )?;
                 unpack_f32(bits.get(), &block[codes.range()], &mut self.rows[..G * d]);
-                for q in 0..nq {
+                for (q, a) in acc.chunks_exact_mut(d).enumerate().take(nq) {
                     let pq = &p[q * G..][..G];
                     let blk = &mut self.block[..d];
                     blk.fill(0.0);
@@ -930,9 +956,10 @@ impl ValueAccumulator {
                         .filter(|&t| excluded >> t & 1 == 0)
                         .map(|t| pq[t])
                         .sum();
-                    let a = &mut acc[q * d..][..d];
-                    for c in 0..d {
-                        a[c] += self.lo[c] * psum + self.scales[c] * blk[c];
+                    for (((a, b), lo), s) in
+                        a.iter_mut().zip(blk.iter()).zip(&self.lo).zip(&self.scales)
+                    {
+                        *a += lo * psum + s * b;
                     }
                 }
             }
@@ -965,78 +992,77 @@ impl ValueAccumulator {
         }
         Ok(())
     }
+}
 
-    /// The ternary pass with lookup tables ("four Russians"): for every group of four tokens and
-    /// every chunk of [`QC`] queries, a table of the 81 possible trit patterns of a channel holds
-    /// `Σ_i p_{q,t_i}·trit_i`; each channel then costs one table row per four tokens instead of
-    /// four multiply-adds per query.
+impl ValueAccumulator {
+    /// The ternary pass with lookup tables ("four Russians"): for every group of four tokens, a
+    /// table of the 81 trit patterns a channel can have holds `Σ_i p_{q,t_i}·trit_i` for [`QW`]
+    /// queries; each channel then costs one table row per four tokens instead of four
+    /// multiply-adds per query.
+    #[inline(never)]
     fn ternary_tables<const G: usize>(&mut self, trits: &[u8], p: &[f32], acc: &mut [f32]) {
         let (d, nq) = (self.d, self.nq);
         let dp = trit_row_bytes(d) * 5;
-        // Eight bytes written every five (the buffer has three bytes of slack).
-        for (i, b) in trits.iter().enumerate() {
-            self.digits[5 * i..5 * i + 8].copy_from_slice(&DIGITS[usize::from(*b)].to_le_bytes());
+        let groups = G / TG;
+        for (b, out) in trits.iter().zip(self.digits.chunks_exact_mut(5)) {
+            let out: &mut [u8; 5] = out.try_into().expect("chunks of 5");
+            *out = DIGITS[usize::from(*b)];
         }
-        for (grp, pat) in self.patterns.chunks_exact_mut(d).enumerate() {
-            let rows = &self.digits[grp * TG * dp..];
-            let (r0, r1, r2, r3) = (
-                &rows[..d],
-                &rows[dp..][..d],
-                &rows[2 * dp..][..d],
-                &rows[3 * dp..][..d],
-            );
+        for (g, pat) in self.patterns.chunks_exact_mut(d).enumerate() {
+            let rows = &self.digits[g * TG * dp..];
+            let (r0, r1) = (&rows[..d], &rows[dp..][..d]);
+            let (r2, r3) = (&rows[2 * dp..][..d], &rows[3 * dp..][..d]);
             for c in 0..d {
                 pat[c] = r0[c] + 3 * r1[c] + 9 * r2[c] + 27 * r3[c];
             }
         }
-        for q0 in (0..nq).step_by(QC) {
-            // Tables: level by level, T[a + n·digit] = T[a] + (digit − 1)·p.
-            for (grp, table) in self.tables.chunks_exact_mut(81).enumerate() {
-                let mut pt = [[0.0f32; QC]; TG];
-                for (i, row) in pt.iter_mut().enumerate() {
-                    for (j, x) in row.iter_mut().enumerate() {
-                        if q0 + j < nq {
-                            *x = p[(q0 + j) * G + grp * TG + i];
-                        }
+        for ch in 0..nq.div_ceil(QW) {
+            let width = QW.min(nq - ch * QW);
+            for (t, w) in self.weights.iter_mut().enumerate() {
+                *w = core::array::from_fn(|j| {
+                    if j < width {
+                        p[(ch * QW + j) * G + t]
+                    } else {
+                        0.0
                     }
-                }
-                table[0] = pt[0].map(|x| -x);
-                table[1] = [0.0; QC];
-                table[2] = pt[0];
-                let mut n = 3;
-                for level in pt.iter().skip(1) {
-                    for a in 0..n {
-                        let base = table[a];
-                        let mut up = base;
-                        let mut down = base;
-                        for j in 0..QC {
-                            up[j] += level[j];
-                            down[j] -= level[j];
-                        }
-                        table[a + n] = base;
-                        table[a + 2 * n] = up;
-                        table[a] = down;
-                    }
-                    n *= 3;
+                });
+            }
+            // Level by level: T[a + n·digit] = T[a] + (digit − 1)·p_level.
+            for (table, w) in self.tables.iter_mut().zip(self.weights.chunks_exact(TG)) {
+                table[0] = w[0].map(|x| -x);
+                table[1] = [0.0; QW];
+                table[2] = w[0];
+                extend_table::<3>(table, &w[1]);
+                extend_table::<9>(table, &w[2]);
+                extend_table::<27>(table, &w[3]);
+            }
+            self.sums.fill([0.0; QW]);
+            for (table, pats) in self.tables.iter().zip(self.patterns.chunks_exact(d)) {
+                for (sum, &pat) in self.sums.iter_mut().zip(pats) {
+                    let row = &table[usize::from(pat)];
+                    *sum = core::array::from_fn(|j| sum[j] + row[j]);
                 }
             }
-            for (c, sum) in self.sums.iter_mut().enumerate() {
-                let mut s = [0.0f32; QC];
-                for (grp, table) in self.tables.chunks_exact(81).enumerate() {
-                    let row = &table[usize::from(self.patterns[grp * d + c])];
-                    for j in 0..QC {
-                        s[j] += row[j];
-                    }
-                }
-                *sum = s;
-            }
-            for j in 0..QC.min(nq - q0) {
-                let a = &mut acc[(q0 + j) * d..][..d];
-                for (c, a) in a.iter_mut().enumerate() {
-                    *a += self.sums[c][j] * self.scales[c];
+            for j in 0..width {
+                let a = &mut acc[(ch * QW + j) * d..][..d];
+                for ((a, sum), &scale) in a.iter_mut().zip(&self.sums).zip(&self.scales) {
+                    *a += sum[j] * scale;
                 }
             }
         }
+        let _ = groups;
+    }
+}
+
+/// One level of a ternary table: rows `a < N` become `T[a] − w`, `T[a + N] = T[a]`,
+/// `T[a + 2N] = T[a] + w`.
+#[inline(always)]
+fn extend_table<const N: usize>(table: &mut [[f32; QW]; 81], w: &[f32; QW]) {
+    for a in 0..N {
+        let base = table[a];
+        table[a + N] = base;
+        table[a + 2 * N] = core::array::from_fn(|j| base[j] + w[j]);
+        table[a] = core::array::from_fn(|j| base[j] - w[j]);
     }
 }
 

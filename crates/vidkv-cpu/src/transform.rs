@@ -28,6 +28,11 @@ pub struct LaneTransform {
     sin: Vec<f32>,
     /// The bit-reversal permutation (power-of-two DFT only).
     reversed: Vec<u32>,
+    /// Twiddles by stage: entries `half..2·half` are `cos(πi/half)`, `−sin(πi/half)`.
+    stage_cos: Vec<f32>,
+    stage_sin: Vec<f32>,
+    /// Per lane j: bin k, mirror bin (M − k) mod M, imaginary part or not, and `weight(k)/(2M)`.
+    split: Vec<(u32, u32, bool, f32)>,
 }
 
 impl LaneTransform {
@@ -52,12 +57,35 @@ impl LaneTransform {
         } else {
             alloc::vec![0; len.min(1)]
         };
+        let (mut stage_cos, mut stage_sin) =
+            (alloc::vec![0.0; len.max(1)], alloc::vec![0.0; len.max(1)]);
+        let mut split = Vec::new();
+        if kind == Transform::Fft && len.is_power_of_two() {
+            let mut half = 1;
+            while half < len {
+                for i in 0..half {
+                    stage_cos[half + i] = cos[i * len / (2 * half)];
+                    stage_sin[half + i] = -sin[i * len / (2 * half)];
+                }
+                half *= 2;
+            }
+            split = (0..len)
+                .map(|j| {
+                    let (k, imaginary) = lane_bin(j);
+                    let scale = (bin_weight(k, len) / len as f64 * 0.5) as f32;
+                    (k as u32, ((len - k) % len) as u32, imaginary, scale)
+                })
+                .collect();
+        }
         Self {
             kind,
             len,
             cos,
             sin,
             reversed,
+            stage_cos,
+            stage_sin,
+            split,
         }
     }
 
@@ -185,97 +213,106 @@ impl LaneTransform {
         }
     }
 
-    /// [`Self::inverse_adjoint`] of `rows` query rows at once: `q` is `[rows, M]`, `w` receives
-    /// `[rows, M]`. For a power-of-two FFT length the rows are paired into complex sequences
-    /// (row `2i` real, row `2i + 1` imaginary) and the `⌈rows/2⌉` FFTs run interleaved, so that
-    /// every butterfly is a loop over the pairs (vectorizable) — once per block-scope mask in
-    /// fused attention. `scratch` is resized as needed.
-    pub fn inverse_adjoint_rows(
+    /// [`Self::inverse_adjoint`] of eight query rows at once, in lanes: `q[n][r]` is entry n of
+    /// row r, and `w[j][r]` receives entry j of row r's weights. For a power-of-two FFT length the
+    /// rows are paired into four complex sequences (row `2i` real, `2i + 1` imaginary) that run
+    /// side by side in `[f32; 4]` lanes, so that each butterfly is one vector operation; the
+    /// Hadamard transform runs on the eight lanes directly. This is what fused attention runs
+    /// once per block-scope outlier mask. `scratch` is resized as needed.
+    pub fn inverse_adjoint_lanes(
         &self,
-        q: &[f32],
-        rows: usize,
-        w: &mut [f32],
+        q: &[[f32; 8]],
+        w: &mut [[f32; 8]],
         scratch: &mut Vec<f32>,
     ) {
         let m = self.len;
-        if m == 0 {
-            return;
-        }
-        if self.kind != Transform::Fft || !m.is_power_of_two() {
-            for (qr, wr) in q.chunks_exact(m).zip(w.chunks_exact_mut(m)).take(rows) {
-                self.inverse_adjoint(qr, wr);
+        match self.kind {
+            Transform::Identity => w[..m].copy_from_slice(&q[..m]),
+            Transform::Hadamard => {
+                w[..m].copy_from_slice(&q[..m]);
+                hadamard_lanes(&mut w[..m]);
             }
-            return;
-        }
-        // Pairs padded to a multiple of four: each butterfly works on [f32; 4] quads.
-        let pairs = rows.div_ceil(2);
-        let quads = pairs.div_ceil(4);
-        scratch.clear();
-        scratch.resize(2 * m * quads * 4, 0.0);
-        let (re, im) = scratch.split_at_mut(m * quads * 4);
-        let (re, _) = re.as_chunks_mut::<4>();
-        let (im, _) = im.as_chunks_mut::<4>();
-        // Bit-reversed load: sequence p holds rows 2p (real) and 2p + 1 (imaginary).
-        let width = quads * 4;
-        for (row, qr) in q.chunks_exact(m).enumerate().take(rows) {
-            let p = row / 2;
-            let dst = if row % 2 == 0 { &mut *re } else { &mut *im }.as_flattened_mut();
-            for (&r, &x) in self.reversed.iter().zip(qr) {
-                dst[r as usize * width + p] = x;
+            Transform::Fft if m.is_power_of_two() => {
+                scratch.clear();
+                scratch.resize(8 * m, 0.0);
+                let (quads, _) = scratch.as_chunks_mut::<4>();
+                let (re, im) = quads.split_at_mut(m);
+                for (&at, row) in self.reversed.iter().zip(q) {
+                    re[at as usize] = [row[0], row[2], row[4], row[6]];
+                    im[at as usize] = [row[1], row[3], row[5], row[7]];
+                }
+                self.fft_lanes(re, im);
+                // Split X = A + iB into the spectra of the two real rows:
+                // A_k = (X_k + conj X_{M−k})/2, B_k = (X_k − conj X_{M−k})/(2i).
+                for (out, &(k, kk, imaginary, scale)) in w.iter_mut().zip(&self.split) {
+                    let (xr, xi) = (re[k as usize], im[k as usize]);
+                    let (yr, yi) = (re[kk as usize], im[kk as usize]);
+                    let (a, b): ([f32; 4], [f32; 4]) = if imaginary {
+                        (
+                            core::array::from_fn(|p| xi[p] - yi[p]),
+                            core::array::from_fn(|p| yr[p] - xr[p]),
+                        )
+                    } else {
+                        (
+                            core::array::from_fn(|p| xr[p] + yr[p]),
+                            core::array::from_fn(|p| xi[p] + yi[p]),
+                        )
+                    };
+                    *out = core::array::from_fn(|r| {
+                        let v = if r % 2 == 0 { a[r / 2] } else { b[r / 2] };
+                        v * scale
+                    });
+                }
             }
-        }
-        let mut half = 1;
-        while half < m {
-            let stride = m / (2 * half);
-            let span = half * quads;
-            for (br, bi) in re
-                .chunks_exact_mut(2 * span)
-                .zip(im.chunks_exact_mut(2 * span))
-            {
-                let (ra, rb) = br.split_at_mut(span);
-                let (ia, ib) = bi.split_at_mut(span);
-                let rows = ra
-                    .chunks_exact_mut(quads)
-                    .zip(rb.chunks_exact_mut(quads))
-                    .zip(ia.chunks_exact_mut(quads).zip(ib.chunks_exact_mut(quads)));
-                for (i, ((ra, rb), (ia, ib))) in rows.enumerate() {
-                    let (c, s) = (self.cos[i * stride], -self.sin[i * stride]);
-                    let quad = ra.iter_mut().zip(rb).zip(ia.iter_mut().zip(ib));
-                    for ((ra, rb), (ia, ib)) in quad {
-                        for p in 0..4 {
-                            let tr = rb[p] * c - ib[p] * s;
-                            let ti = rb[p] * s + ib[p] * c;
-                            rb[p] = ra[p] - tr;
-                            ib[p] = ia[p] - ti;
-                            ra[p] += tr;
-                            ia[p] += ti;
-                        }
+            Transform::Fft => {
+                // Any other length: the direct adjoint, row by row.
+                scratch.clear();
+                scratch.resize(2 * m, 0.0);
+                let (col, out) = scratch.split_at_mut(m);
+                for r in 0..8 {
+                    for (c, row) in col.iter_mut().zip(q) {
+                        *c = row[r];
+                    }
+                    self.inverse_adjoint(col, out);
+                    for (row, &x) in w.iter_mut().zip(out.iter()) {
+                        row[r] = x;
                     }
                 }
             }
-            half *= 2;
         }
-        // Split X = A + iB into the spectra of the two real rows:
-        // A_k = (X_k + conj X_{M−k})/2, B_k = (X_k − conj X_{M−k})/(2i).
-        let (re, im) = (re.as_flattened(), im.as_flattened());
-        let inv = 1.0 / m as f64;
-        for j in 0..m {
-            let (k, imaginary) = lane_bin(j);
-            let kk = (m - k) % m;
-            let scale = (bin_weight(k, m) * inv * 0.5) as f32;
-            let (xr, xi) = (&re[k * width..][..pairs], &im[k * width..][..pairs]);
-            let (yr, yi) = (&re[kk * width..][..pairs], &im[kk * width..][..pairs]);
-            for p in 0..pairs {
-                let (a, b) = if imaginary {
-                    (xi[p] - yi[p], yr[p] - xr[p])
-                } else {
-                    (xr[p] + yr[p], xi[p] + yi[p])
-                };
-                w[2 * p * m + j] = a * scale;
-                if 2 * p + 1 < rows {
-                    w[(2 * p + 1) * m + j] = b * scale;
+    }
+
+    /// In-place radix-2 FFT of four interleaved complex sequences (bit-reversed input).
+    fn fft_lanes(&self, re: &mut [[f32; 4]], im: &mut [[f32; 4]]) {
+        let m = self.len;
+        let mut half = 1;
+        while half < m {
+            let (tc, ts) = (
+                &self.stage_cos[half..2 * half],
+                &self.stage_sin[half..2 * half],
+            );
+            for (br, bi) in re
+                .chunks_exact_mut(2 * half)
+                .zip(im.chunks_exact_mut(2 * half))
+            {
+                let (ra, rb) = br.split_at_mut(half);
+                let (ia, ib) = bi.split_at_mut(half);
+                let lanes = ra
+                    .iter_mut()
+                    .zip(rb)
+                    .zip(ia.iter_mut().zip(ib))
+                    .zip(tc.iter().zip(ts));
+                for (((ra, rb), (ia, ib)), (&c, &s)) in lanes {
+                    let (xa, xb, ya, yb) = (*ra, *rb, *ia, *ib);
+                    let tr: [f32; 4] = core::array::from_fn(|p| xb[p] * c - yb[p] * s);
+                    let ti: [f32; 4] = core::array::from_fn(|p| xb[p] * s + yb[p] * c);
+                    *rb = core::array::from_fn(|p| xa[p] - tr[p]);
+                    *ib = core::array::from_fn(|p| ya[p] - ti[p]);
+                    *ra = core::array::from_fn(|p| xa[p] + tr[p]);
+                    *ia = core::array::from_fn(|p| ya[p] + ti[p]);
                 }
             }
+            half *= 2;
         }
     }
 
@@ -310,6 +347,25 @@ fn lane_bin(j: usize) -> (usize, bool) {
 /// How often a one-sided bin appears in the two-sided spectrum (1 for DC and Nyquist, else 2).
 fn bin_weight(k: usize, m: usize) -> f64 {
     if k == 0 || 2 * k == m { 1.0 } else { 2.0 }
+}
+
+/// [`hadamard_orthonormal`] of eight rows held in lanes.
+fn hadamard_lanes(v: &mut [[f32; 8]]) {
+    let n = v.len();
+    let mut h = 1;
+    while h < n {
+        for block in v.chunks_exact_mut(2 * h) {
+            let (lo, hi) = block.split_at_mut(h);
+            for (a, b) in lo.iter_mut().zip(hi.iter_mut()) {
+                let (x, y) = (*a, *b);
+                *a = core::array::from_fn(|r| x[r] + y[r]);
+                *b = core::array::from_fn(|r| x[r] - y[r]);
+            }
+        }
+        h *= 2;
+    }
+    let norm = 1.0 / libm::sqrtf(n as f32);
+    v.iter_mut().for_each(|x| *x = x.map(|e| e * norm));
 }
 
 /// In-place orthonormal fast Walsh–Hadamard transform (its own inverse).
@@ -427,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn batched_adjoint_equals_the_direct_one() {
+    fn adjoint_in_lanes_equals_the_direct_one() {
         for (kind, m) in [
             (Transform::Fft, 1),
             (Transform::Fft, 2),
@@ -435,24 +491,25 @@ mod tests {
             (Transform::Fft, 32),
             (Transform::Fft, 64),
             (Transform::Fft, 48),
+            (Transform::Fft, 9),
             (Transform::Hadamard, 32),
+            (Transform::Identity, 5),
         ] {
             let t = LaneTransform::new(kind, m);
-            for rows in [1, 2, 3, 7, 8] {
-                let q: Vec<f32> = (0..rows).flat_map(|r| row(m, r as u32 * 5 + 1)).collect();
-                let mut want = vec![0.0; rows * m];
-                for (qr, wr) in q
-                    .chunks_exact(m.max(1))
-                    .zip(want.chunks_exact_mut(m.max(1)))
-                {
-                    t.inverse_adjoint(qr, wr);
-                }
-                let mut got = vec![0.0; rows * m];
-                t.inverse_adjoint_rows(&q, rows, &mut got, &mut Vec::new());
-                for (x, y) in want.iter().zip(&got) {
+            let rows: Vec<Vec<f32>> = (0..8).map(|r| row(m, r * 5 + 1)).collect();
+            let lanes: Vec<[f32; 8]> = (0..m)
+                .map(|n| core::array::from_fn(|r| rows[r][n]))
+                .collect();
+            let mut got = vec![[0.0f32; 8]; m];
+            t.inverse_adjoint_lanes(&lanes, &mut got, &mut Vec::new());
+            for (r, qr) in rows.iter().enumerate() {
+                let mut want = vec![0.0; m];
+                t.inverse_adjoint(qr, &mut want);
+                for (j, x) in want.iter().enumerate() {
+                    let y = got[j][r];
                     assert!(
                         (x - y).abs() < 1e-5 * (1.0 + x.abs()),
-                        "{kind:?} m={m} rows={rows}: {x} vs {y}"
+                        "{kind:?} m={m} row={r}: {x} vs {y}"
                     );
                 }
             }
