@@ -72,6 +72,13 @@ impl KvCacheAttention {
         self.layers.iter().map(|l| l.memory_bytes()).sum()
     }
 
+    /// How layer 0 computes attention, for reports.
+    pub fn describe(&self) -> String {
+        self.layers
+            .first()
+            .map_or_else(String::new, |l| l.describe())
+    }
+
     /// The cache of one layer.
     pub fn layer(&self, layer: usize) -> Option<&dyn LayerCache> {
         self.layers.get(layer).map(|b| b.as_ref())

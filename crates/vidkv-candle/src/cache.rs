@@ -4,19 +4,23 @@
 //! decode attention for the newest position. The adapter ([`crate::KvCacheAttention`]) only talks
 //! to this trait, so a cache implementation can be swapped without touching the model:
 //!
-//! * [`F16Cache`] — the baseline: K/V stored as IEEE f16, attention in f32;
-//! * [`BlockQuantCache`] — any vidkv scheme through the normative scalar block encoders of
-//!   `vidkv-cpu`: every whole group of G tokens that leaves the 16-bit residual window is quantized
-//!   **once** (never re-quantized) and immediately decoded into an f32 shadow that attention reads
-//!   ("dequantize on append"). Quality is exactly that of the packed format; memory is *reported*
-//!   as the packed bytes plus the f16 residual, although the shadow is what this implementation
-//!   actually reads. It is the correctness reference for a fused cache, not a fast path.
+//! * [`F16Cache`] — the baseline: K/V stored as IEEE f16, attention with `vidkv-simd`'s f16
+//!   kernel (F16C + FMA / AVX-512 when the CPU has them);
+//! * [`QuantCache`] — any vidkv scheme, streamed as DESIGN §1.4 says: the first `sinks` tokens stay
+//!   in f16, every whole group of G tokens that leaves the 16-bit residual window is encoded
+//!   **once** by the normative scalar encoders of `vidkv-cpu` (never re-quantized), and the packed
+//!   blocks are all the cache keeps. Decode attention runs either
+//!   * [`AttentionPath::Fused`]: `vidkv-simd`'s fused kernel directly on the packed bytes plus the
+//!     f16 rows (the fast path; int8 query weights, see its docs), or
+//!   * [`AttentionPath::Exact`]: exact f32 attention over a dequantized shadow decoded once when a
+//!     block is made ("dequantize on append"): the quality reference for the fused path.
 //!
 //! A [`CacheFactory`] makes one cache per layer; the evaluation runs one factory per scheme.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use vidkv_core::{ChannelMask, Codec, KeyScheme, OutlierScope, QuantConfig, Scheme};
+use vidkv_core::{ChannelMask, Codec, KeyScheme, OutlierScope, QuantConfig, Scheme, ValueScheme};
+use vidkv_simd::{HeadCache, Level};
 
 use crate::error::{Error, Result};
 
@@ -67,6 +71,11 @@ pub trait LayerCache: Send {
 
     /// The dequantized keys and values, `[kv_heads, tokens, head_dim]` each — what attention sees.
     fn dequantized(&self) -> (Vec<f32>, Vec<f32>);
+
+    /// How attention is computed, for reports.
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 /// Makes one [`LayerCache`] per layer.
@@ -169,7 +178,7 @@ fn check_attend(shape: &CacheShape, q: &[f32], out: &[f32], tokens: usize) -> Re
     Ok(())
 }
 
-/// f16 storage per KV head, growing `[tokens, D]`.
+/// f16 rows of the KV heads of one layer, `[tokens, D]` per head.
 #[derive(Debug, Clone, Default)]
 struct F16Rows {
     heads: Vec<Vec<f16>>,
@@ -182,14 +191,16 @@ impl F16Rows {
         }
     }
 
-    /// Appends `[kv_heads, tokens, D]` rows, rounding to f16.
-    fn push(&mut self, rows: &[f32], tokens: usize, d: usize) {
-        for (h, head) in self.heads.iter_mut().enumerate() {
-            let src = &rows[h * tokens * d..(h + 1) * tokens * d];
-            let start = head.len();
-            head.resize(start + src.len(), f16::ZERO);
-            head[start..].convert_from_f32_slice(src);
-        }
+    /// Appends rows `src` (f32, `[tokens, D]`) to head `h`, rounding to f16.
+    fn push(&mut self, h: usize, src: &[f32]) {
+        let head = &mut self.heads[h];
+        let start = head.len();
+        head.resize(start + src.len(), f16::ZERO);
+        head[start..].convert_from_f32_slice(src);
+    }
+
+    fn bytes(&self, h: usize) -> &[u8] {
+        bytemuck::cast_slice(&self.heads[h])
     }
 }
 
@@ -200,10 +211,7 @@ pub struct F16Cache {
     k: F16Rows,
     v: F16Rows,
     tokens: usize,
-    // Scratch: one head's K and V as f32, and the scores.
-    kf: Vec<f32>,
-    vf: Vec<f32>,
-    scores: Vec<f32>,
+    level: Level,
 }
 
 impl F16Cache {
@@ -215,9 +223,7 @@ impl F16Cache {
             k: F16Rows::new(shape.kv_heads),
             v: F16Rows::new(shape.kv_heads),
             tokens: 0,
-            kf: Vec::new(),
-            vf: Vec::new(),
-            scores: Vec::new(),
+            level: vidkv_simd::active_level(),
         })
     }
 }
@@ -225,39 +231,28 @@ impl F16Cache {
 impl LayerCache for F16Cache {
     fn append(&mut self, k: &[f32], v: &[f32], tokens: usize) -> Result<()> {
         check_append(&self.shape, k, v, tokens)?;
-        self.k.push(k, tokens, self.shape.head_dim);
-        self.v.push(v, tokens, self.shape.head_dim);
+        let n = tokens * self.shape.head_dim;
+        for h in 0..self.shape.kv_heads {
+            self.k.push(h, &k[h * n..(h + 1) * n]);
+            self.v.push(h, &v[h * n..(h + 1) * n]);
+        }
         self.tokens += tokens;
         Ok(())
     }
 
     fn attend(&mut self, q: &[f32], out: &mut [f32]) -> Result<()> {
         check_attend(&self.shape, q, out, self.tokens)?;
-        let d = self.shape.head_dim;
-        let group = self.shape.group();
-        let n = self.tokens * d;
-        self.kf.resize(n, 0.0);
-        self.vf.resize(n, 0.0);
-        // One KV head at a time: convert (F16C when the CPU has it) then attend its query heads.
+        let gd = self.shape.group() * self.shape.head_dim;
         for kv in 0..self.shape.kv_heads {
-            self.k.heads[kv].convert_to_f32_slice(&mut self.kf);
-            self.v.heads[kv].convert_to_f32_slice(&mut self.vf);
-            let sub = CacheShape {
-                kv_heads: 1,
-                q_heads: group,
-                head_dim: d,
-            };
-            let (kf, vf) = (&self.kf, &self.vf);
-            RowAttention {
-                shape: sub,
-                scores: &mut self.scores,
-            }
-            .run(
-                &q[kv * group * d..(kv + 1) * group * d],
-                &mut out[kv * group * d..(kv + 1) * group * d],
-                |_| kf.as_slice(),
-                |_| vf.as_slice(),
-            );
+            vidkv_simd::baseline::attend_f16(
+                self.level,
+                self.shape.head_dim,
+                &q[kv * gd..(kv + 1) * gd],
+                self.k.bytes(kv),
+                self.v.bytes(kv),
+                self.tokens,
+                &mut out[kv * gd..(kv + 1) * gd],
+            )?;
         }
         Ok(())
     }
@@ -268,6 +263,10 @@ impl LayerCache for F16Cache {
 
     fn memory_bytes(&self) -> usize {
         2 * 2 * self.shape.kv_heads * self.tokens * self.shape.head_dim
+    }
+
+    fn describe(&self) -> String {
+        format!("f16 ({})", self.level.name())
     }
 
     fn dequantized(&self) -> (Vec<f32>, Vec<f32>) {
@@ -290,43 +289,80 @@ impl CacheFactory for F16Factory {
     }
 }
 
-/// Streaming policy shared by quantized caches (DESIGN §1.4).
+/// Streaming policy of quantized caches (DESIGN §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Streaming {
-    /// Newest tokens kept in 16-bit (a multiple of G).
+    /// Newest tokens kept in 16-bit, R. Once more than `max(R, G − 1)` tokens wait there, the
+    /// oldest G become a block, so it holds `R − G + 1 ..= R` tokens once full.
     pub residual: usize,
+    /// First tokens of the sequence kept in f16 forever ("attention sinks"); blocks start after
+    /// them.
+    pub sinks: usize,
 }
 
 impl Default for Streaming {
     fn default() -> Self {
-        Self { residual: 128 }
+        Self {
+            residual: 128,
+            sinks: 1,
+        }
     }
 }
 
-/// A vidkv scheme through the scalar block encoders, dequantized on append (see module docs).
+/// How a [`QuantCache`] computes decode attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionPath {
+    /// [`Self::Fused`] where `vidkv-simd` has a fused kernel for the codec (mixed-precision keys
+    /// with ternary values: `vidkv`, `vidkv-paper`), [`Self::Exact`] otherwise (its generic
+    /// fallback decodes every block at every step, far slower than the shadow).
+    #[default]
+    Auto,
+    /// `vidkv-simd`'s fused kernel on the packed blocks (int8 query weights).
+    Fused,
+    /// Exact f32 attention over blocks decoded once when made.
+    Exact,
+}
+
+#[derive(Debug, Default)]
+struct QuantHead {
+    /// Sinks then residual, f16 `[dense, D]`.
+    dense_k: Vec<f16>,
+    dense_v: Vec<f16>,
+    key_blocks: Vec<u8>,
+    value_blocks: Vec<u8>,
+    /// Exact path only: decoded blocks, f32 `[blocks·G, D]`.
+    dec_k: Vec<f32>,
+    dec_v: Vec<f32>,
+}
+
+/// A vidkv scheme in a streaming cache of packed blocks (see the module docs).
 #[derive(Debug)]
-pub struct BlockQuantCache {
+pub struct QuantCache {
     shape: CacheShape,
     codec: Codec,
     streaming: Streaming,
-    /// Decoded quantized tokens per KV head, `[quantized, D]`.
-    kq: Vec<Vec<f32>>,
-    vq: Vec<Vec<f32>>,
-    /// 16-bit residual per KV head, `[residual, D]`, f16-rounded values kept as f32.
-    kr: Vec<Vec<f32>>,
-    vr: Vec<Vec<f32>>,
-    quantized: usize,
+    path: AttentionPath,
+    level: Level,
+    heads: Vec<QuantHead>,
+    sinks: usize,
+    blocks: usize,
     residual: usize,
-    packed_bytes: usize,
-    // Scratch for attention: concatenated rows of one head.
+    /// Layer-scope outlier channels, chosen at the first block event and kept.
+    outliers: Option<ChannelMask>,
+    // Exact-path scratch.
     kcat: Vec<f32>,
     vcat: Vec<f32>,
     scores: Vec<f32>,
 }
 
-impl BlockQuantCache {
+impl QuantCache {
     /// An empty cache for `config` (its head_dim must match `shape`).
-    pub fn new(shape: CacheShape, config: QuantConfig, streaming: Streaming) -> Result<Self> {
+    pub fn new(
+        shape: CacheShape,
+        config: QuantConfig,
+        streaming: Streaming,
+        path: AttentionPath,
+    ) -> Result<Self> {
         shape.validate()?;
         let codec = Codec::new(config)?;
         if codec.head_dim() != shape.head_dim {
@@ -336,25 +372,27 @@ impl BlockQuantCache {
                 shape.head_dim
             )));
         }
-        if !streaming.residual.is_multiple_of(codec.group()) {
-            return Err(Error::Config(format!(
-                "residual window {} is not a multiple of G = {}",
-                streaming.residual,
-                codec.group()
-            )));
-        }
-        let h = shape.kv_heads;
+        let path = match path {
+            AttentionPath::Auto => {
+                let c = codec.config();
+                match (c.keys, c.values) {
+                    (KeyScheme::Mixed(_), ValueScheme::Ternary { .. }) => AttentionPath::Fused,
+                    _ => AttentionPath::Exact,
+                }
+            }
+            p => p,
+        };
         Ok(Self {
             shape,
             codec,
             streaming,
-            kq: vec![Vec::new(); h],
-            vq: vec![Vec::new(); h],
-            kr: vec![Vec::new(); h],
-            vr: vec![Vec::new(); h],
-            quantized: 0,
+            path,
+            level: vidkv_simd::active_level(),
+            heads: (0..shape.kv_heads).map(|_| QuantHead::default()).collect(),
+            sinks: 0,
+            blocks: 0,
             residual: 0,
-            packed_bytes: 0,
+            outliers: None,
             kcat: Vec::new(),
             vcat: Vec::new(),
             scores: Vec::new(),
@@ -366,140 +404,197 @@ impl BlockQuantCache {
         &self.codec
     }
 
-    /// Tokens in quantized blocks and in the residual.
-    pub fn split(&self) -> (usize, usize) {
-        (self.quantized, self.residual)
+    /// The attention path in use ([`AttentionPath::Auto`] resolved).
+    pub fn path(&self) -> AttentionPath {
+        self.path
     }
 
-    /// Quantizes the oldest `blocks · G` residual tokens of every head as one event.
-    fn quantize_oldest(&mut self, blocks: usize) -> Result<()> {
-        if blocks == 0 {
+    /// Tokens in sinks, quantized blocks and the residual.
+    pub fn split(&self) -> (usize, usize, usize) {
+        (self.sinks, self.blocks * self.codec.group(), self.residual)
+    }
+
+    /// Encodes the oldest `n` blocks of the residual of every head as one event.
+    fn quantize_oldest(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
             return Ok(());
         }
         let d = self.shape.head_dim;
-        let n = blocks * self.codec.group() * d;
-        // Layer scope pools the outlier ranges over every head's tokens of this event.
-        let mask: Option<ChannelMask> = match self.codec.config().keys {
-            KeyScheme::Mixed(m) if m.scope == OutlierScope::Layer => {
-                let heads: Vec<&[f32]> = self.kr.iter().map(|r| &r[..n]).collect();
-                Some(vidkv_cpu::layer_outliers(&self.codec, &heads)?)
-            }
-            _ => None,
+        let g = self.codec.group();
+        let rows = n * g * d;
+        let from = self.sinks * d;
+        let as_f32 = |x: &[f16]| -> Vec<f32> {
+            let mut out = vec![0.0f32; x.len()];
+            x.convert_to_f32_slice(&mut out);
+            out
         };
-        let kbytes = blocks * self.codec.key_block_bytes();
-        let vbytes = blocks * self.codec.value_block_bytes();
-        let mut kenc = vec![0u8; kbytes];
-        let mut venc = vec![0u8; vbytes];
-        let mut dec = vec![0.0f32; n];
-        for h in 0..self.shape.kv_heads {
-            vidkv_cpu::encode_key_blocks(&self.codec, &self.kr[h][..n], mask.as_ref(), &mut kenc)?;
-            vidkv_cpu::decode_key_blocks(&self.codec, &kenc, &mut dec)?;
-            self.kq[h].extend_from_slice(&dec);
-            vidkv_cpu::encode_value_blocks(&self.codec, &self.vr[h][..n], &mut venc)?;
-            vidkv_cpu::decode_value_blocks(&self.codec, &venc, &mut dec)?;
-            self.vq[h].extend_from_slice(&dec);
-            self.kr[h].drain(..n);
-            self.vr[h].drain(..n);
-            self.packed_bytes += kbytes + vbytes;
+        let keys: Vec<Vec<f32>> = self
+            .heads
+            .iter()
+            .map(|h| as_f32(&h.dense_k[from..from + rows]))
+            .collect();
+        if self.outliers.is_none()
+            && let KeyScheme::Mixed(m) = self.codec.config().keys
+            && m.scope == OutlierScope::Layer
+        {
+            // Layer scope: pool over every head's tokens of the first event, keep the set.
+            let heads: Vec<&[f32]> = keys.iter().map(Vec::as_slice).collect();
+            self.outliers = Some(vidkv_cpu::layer_outliers(&self.codec, &heads)?);
         }
-        let t = blocks * self.codec.group();
-        self.quantized += t;
-        self.residual -= t;
+        let (kb, vb) = (self.codec.key_block_bytes(), self.codec.value_block_bytes());
+        for (head, k) in self.heads.iter_mut().zip(&keys) {
+            let v = as_f32(&head.dense_v[from..from + rows]);
+            let (ks, vs) = (head.key_blocks.len(), head.value_blocks.len());
+            head.key_blocks.resize(ks + n * kb, 0);
+            head.value_blocks.resize(vs + n * vb, 0);
+            vidkv_cpu::encode_key_blocks(
+                &self.codec,
+                k,
+                self.outliers.as_ref(),
+                &mut head.key_blocks[ks..],
+            )?;
+            vidkv_cpu::encode_value_blocks(&self.codec, &v, &mut head.value_blocks[vs..])?;
+            if self.path == AttentionPath::Exact {
+                let mut dec = vec![0.0f32; rows];
+                vidkv_cpu::decode_key_blocks(&self.codec, &head.key_blocks[ks..], &mut dec)?;
+                head.dec_k.extend_from_slice(&dec);
+                vidkv_cpu::decode_value_blocks(&self.codec, &head.value_blocks[vs..], &mut dec)?;
+                head.dec_v.extend_from_slice(&dec);
+            }
+            head.dense_k.drain(from..from + rows);
+            head.dense_v.drain(from..from + rows);
+        }
+        self.blocks += n;
+        self.residual -= n * g;
         Ok(())
     }
 }
 
-/// Rounds to the f16 grid (what a 16-bit residual stores).
-fn r16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
-
-impl LayerCache for BlockQuantCache {
+impl LayerCache for QuantCache {
     fn append(&mut self, k: &[f32], v: &[f32], tokens: usize) -> Result<()> {
         check_append(&self.shape, k, v, tokens)?;
         let d = self.shape.head_dim;
-        for h in 0..self.shape.kv_heads {
-            let src = h * tokens * d..(h + 1) * tokens * d;
-            self.kr[h].extend(k[src.clone()].iter().copied().map(r16));
-            self.vr[h].extend(v[src].iter().copied().map(r16));
+        let to_sinks = self.streaming.sinks.saturating_sub(self.sinks).min(tokens);
+        for (h, head) in self.heads.iter_mut().enumerate() {
+            for (dst, src) in [(&mut head.dense_k, k), (&mut head.dense_v, v)] {
+                let src = &src[h * tokens * d..(h + 1) * tokens * d];
+                // Sinks are the sequence's first tokens, so they sit before the residual rows.
+                let start = dst.len();
+                dst.resize(start + src.len(), f16::ZERO);
+                dst[start..].convert_from_f32_slice(src);
+            }
         }
-        self.residual += tokens;
+        self.sinks += to_sinks;
+        self.residual += tokens - to_sinks;
         let g = self.codec.group();
-        let blocks = if tokens > 1 {
-            // Prefill: quantize every whole block; the tail stays in the residual.
-            self.residual / g
-        } else if self.residual > self.streaming.residual {
-            // Decode: the residual overflowed by one token; its oldest G tokens become a block.
-            (self.residual - self.streaming.residual).div_ceil(g)
-        } else {
-            0
-        };
-        self.quantize_oldest(blocks)
+        let ring = self.streaming.residual.max(g - 1);
+        let n = self.residual.saturating_sub(ring).div_ceil(g);
+        self.quantize_oldest(n)
     }
 
     fn attend(&mut self, q: &[f32], out: &mut [f32]) -> Result<()> {
-        let tokens = self.quantized + self.residual;
+        let tokens = self.tokens();
         check_attend(&self.shape, q, out, tokens)?;
         let d = self.shape.head_dim;
         let group = self.shape.group();
+        let gd = group * d;
+        let dense = self.sinks + self.residual;
         for kv in 0..self.shape.kv_heads {
-            self.kcat.clear();
-            self.kcat.extend_from_slice(&self.kq[kv]);
-            self.kcat.extend_from_slice(&self.kr[kv]);
-            self.vcat.clear();
-            self.vcat.extend_from_slice(&self.vq[kv]);
-            self.vcat.extend_from_slice(&self.vr[kv]);
-            let sub = CacheShape {
-                kv_heads: 1,
-                q_heads: group,
-                head_dim: d,
-            };
-            let (kf, vf) = (&self.kcat, &self.vcat);
-            RowAttention {
-                shape: sub,
-                scores: &mut self.scores,
+            let head = &self.heads[kv];
+            let (qh, oh) = (&q[kv * gd..(kv + 1) * gd], &mut out[kv * gd..(kv + 1) * gd]);
+            match self.path {
+                AttentionPath::Fused => {
+                    let cache = HeadCache {
+                        key_blocks: &head.key_blocks,
+                        value_blocks: &head.value_blocks,
+                        blocks: self.blocks,
+                        residual_keys: bytemuck::cast_slice(&head.dense_k),
+                        residual_values: bytemuck::cast_slice(&head.dense_v),
+                        residual_tokens: dense,
+                    };
+                    vidkv_simd::attend_head(self.level, &self.codec, qh, &cache, oh)?;
+                }
+                AttentionPath::Exact | AttentionPath::Auto => {
+                    let to_f32 = |dst: &mut Vec<f32>, dec: &[f32], f: &[f16]| {
+                        dst.clear();
+                        dst.extend_from_slice(dec);
+                        let s = dst.len();
+                        dst.resize(s + f.len(), 0.0);
+                        f.convert_to_f32_slice(&mut dst[s..]);
+                    };
+                    to_f32(&mut self.kcat, &head.dec_k, &head.dense_k);
+                    to_f32(&mut self.vcat, &head.dec_v, &head.dense_v);
+                    let sub = CacheShape {
+                        kv_heads: 1,
+                        q_heads: group,
+                        head_dim: d,
+                    };
+                    let (kf, vf) = (&self.kcat, &self.vcat);
+                    RowAttention {
+                        shape: sub,
+                        scores: &mut self.scores,
+                    }
+                    .run(qh, oh, |_| kf.as_slice(), |_| vf.as_slice());
+                }
             }
-            .run(
-                &q[kv * group * d..(kv + 1) * group * d],
-                &mut out[kv * group * d..(kv + 1) * group * d],
-                |_| kf.as_slice(),
-                |_| vf.as_slice(),
-            );
         }
         Ok(())
     }
 
     fn tokens(&self) -> usize {
-        self.quantized + self.residual
+        self.sinks + self.blocks * self.codec.group() + self.residual
     }
 
     fn memory_bytes(&self) -> usize {
-        self.packed_bytes + 2 * 2 * self.shape.kv_heads * self.residual * self.shape.head_dim
+        let packed = self.blocks * (self.codec.key_block_bytes() + self.codec.value_block_bytes());
+        self.shape.kv_heads * (packed + 2 * 2 * (self.sinks + self.residual) * self.shape.head_dim)
     }
 
+    fn describe(&self) -> String {
+        match self.path {
+            AttentionPath::Fused => format!("fused ({})", self.level.name()),
+            _ => "exact (shadow)".into(),
+        }
+    }
+
+    /// Token order: sinks, blocks, residual.
     fn dequantized(&self) -> (Vec<f32>, Vec<f32>) {
-        let cat = |q: &[Vec<f32>], r: &[Vec<f32>]| {
-            q.iter()
-                .zip(r)
-                .flat_map(|(q, r)| q.iter().chain(r).copied())
-                .collect()
-        };
-        (cat(&self.kq, &self.kr), cat(&self.vq, &self.vr))
+        let d = self.shape.head_dim;
+        let n = self.blocks * self.codec.group() * d;
+        let s = self.sinks * d;
+        let (mut ko, mut vo) = (Vec::new(), Vec::new());
+        for head in &self.heads {
+            let mut dk = vec![0.0f32; n];
+            let mut dv = vec![0.0f32; n];
+            // The blocks were produced by this codec; decoding them cannot fail.
+            vidkv_cpu::decode_key_blocks(&self.codec, &head.key_blocks, &mut dk)
+                .expect("own key blocks decode");
+            vidkv_cpu::decode_value_blocks(&self.codec, &head.value_blocks, &mut dv)
+                .expect("own value blocks decode");
+            for (out, dense, dec) in [(&mut ko, &head.dense_k, dk), (&mut vo, &head.dense_v, dv)] {
+                out.extend(dense[..s].iter().map(|x| x.to_f32()));
+                out.extend(dec);
+                out.extend(dense[s..].iter().map(|x| x.to_f32()));
+            }
+        }
+        (ko, vo)
     }
 }
 
-/// Factory of [`BlockQuantCache`]s for a named preset.
+/// Factory of [`QuantCache`]s for a named preset.
 #[derive(Debug, Clone, Copy)]
-pub struct BlockQuantFactory {
+pub struct QuantFactory {
     /// The preset.
     pub scheme: Scheme,
     /// Group size G.
     pub group: vidkv_core::GroupSize,
-    /// Residual policy.
+    /// Residual and sinks.
     pub streaming: Streaming,
+    /// Fused or exact attention.
+    pub path: AttentionPath,
 }
 
-impl CacheFactory for BlockQuantFactory {
+impl CacheFactory for QuantFactory {
     fn name(&self) -> String {
         self.scheme.name().into()
     }
@@ -507,10 +602,11 @@ impl CacheFactory for BlockQuantFactory {
     fn make(&self, _layer: usize, shape: CacheShape) -> Result<Box<dyn LayerCache>> {
         let head_dim = vidkv_core::HeadDim::new(shape.head_dim)?;
         let config = self.scheme.config(head_dim, self.group);
-        Ok(Box::new(BlockQuantCache::new(
+        Ok(Box::new(QuantCache::new(
             shape,
             config,
             self.streaming,
+            self.path,
         )?))
     }
 }

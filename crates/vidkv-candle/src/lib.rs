@@ -21,7 +21,7 @@ pub mod tokenizer;
 
 pub use attention::{KvCacheAttention, full_attention};
 pub use cache::{
-    BlockQuantCache, BlockQuantFactory, CacheFactory, CacheShape, F16Cache, F16Factory, LayerCache,
-    Streaming,
+    AttentionPath, CacheFactory, CacheShape, F16Cache, F16Factory, LayerCache, QuantCache,
+    QuantFactory, Streaming,
 };
 pub use error::{Error, Result};

@@ -13,10 +13,10 @@ use candle_core::quantized::gguf_file::Content;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use vidkv_candle::model::{ChannelOrder, Llama};
+use vidkv_candle::model::{ChannelOrder, Llama, WeightMode};
 use vidkv_candle::tokenizer::GgufTokenizer;
 use vidkv_candle::{
-    BlockQuantFactory, CacheFactory, F16Factory, KvCacheAttention, Result, Streaming,
+    AttentionPath, CacheFactory, F16Factory, KvCacheAttention, QuantFactory, Result, Streaming,
 };
 use vidkv_core::{Codec, GroupSize, HeadDim, Scheme};
 
@@ -60,6 +60,14 @@ struct Args {
     /// Newest tokens kept in the 16-bit residual R.
     #[arg(long, default_value_t = 128)]
     residual: usize,
+    /// First tokens of a sequence kept in f16 forever (attention sinks).
+    #[arg(long, default_value_t = 1)]
+    sinks: usize,
+    /// Decode attention of the quantized caches: `fused` (vidkv-simd's kernel on the packed
+    /// blocks), `exact` (f32 over blocks decoded once: the quality reference) or `auto` (fused
+    /// where vidkv-simd has a kernel for the scheme, exact otherwise).
+    #[arg(long, default_value = "auto")]
+    attention: String,
     /// Greedy-generated tokens per scheme (0 skips generation).
     #[arg(long, default_value_t = 256)]
     gen_tokens: usize,
@@ -72,6 +80,11 @@ struct Args {
     /// Key channel order the cache sees: `hf` (rotate_half, as the paper's models) or `gguf`.
     #[arg(long, default_value = "hf")]
     channel_order: String,
+    /// How the matrices run: `q41` (the file's Q4_1 rows, exact f32 decode product of this
+    /// crate; fastest), `f32` (dequantized once), `q8` (re-quantized to Q8_0) or `native`
+    /// (candle's Q4_1 kernel, scalar and slow). All but `q8` use exactly the file's weights.
+    #[arg(long, default_value = "q41")]
+    weights: String,
     /// Skip the teacher-forced evaluation.
     #[arg(long)]
     skip_eval: bool,
@@ -83,6 +96,8 @@ struct Args {
 #[derive(Serialize, Debug, Default, Clone)]
 struct SchemeReport {
     scheme: String,
+    /// How decode attention ran.
+    attention: String,
     /// Cache bytes per token over all layers at the end of the teacher-forced run.
     bytes_per_token: f64,
     /// Same, in bits per cached K/V element.
@@ -113,9 +128,14 @@ struct Report {
     model: String,
     channel_order: String,
     device: String,
-    implementation: &'static str,
+    /// Cache implementation and attention path of the quantized schemes.
+    implementation: String,
+    /// vidkv-simd level of the attention kernels.
+    simd_level: String,
+    weights: String,
     group: usize,
     residual: usize,
+    sinks: usize,
     eval_tokens: usize,
     prefill: usize,
     scored_positions: usize,
@@ -198,12 +218,23 @@ fn run(args: &Args) -> Result<()> {
         "gguf" => ChannelOrder::Gguf,
         o => return Err(err(format!("unknown channel order {o} (hf or gguf)"))),
     };
+    let weights = match args.weights.as_str() {
+        "q41" => WeightMode::Q41,
+        "f32" => WeightMode::F32,
+        "q8" => WeightMode::Q8,
+        "native" => WeightMode::Native,
+        w => {
+            return Err(err(format!(
+                "unknown weight mode {w} (q41, f32, q8 or native)"
+            )));
+        }
+    };
     let device = Device::Cpu;
     let t0 = Instant::now();
     let mut file = File::open(&args.model).map_err(|e| err(e.to_string()))?;
     let content = Content::read(&mut file)?;
     let tokenizer = GgufTokenizer::from_gguf(&content)?;
-    let model = Llama::from_content(&content, &mut file, &device, order)?;
+    let model = Llama::from_content(&content, &mut file, &device, order, weights)?;
     let cfg = *model.config();
     if !args.json {
         eprintln!(
@@ -223,6 +254,13 @@ fn run(args: &Args) -> Result<()> {
     let group = GroupSize::new(args.group)?;
     let streaming = Streaming {
         residual: args.residual,
+        sinks: args.sinks,
+    };
+    let path = match args.attention.as_str() {
+        "auto" => AttentionPath::Auto,
+        "fused" => AttentionPath::Fused,
+        "exact" => AttentionPath::Exact,
+        a => return Err(err(format!("unknown attention path {a} (fused or exact)"))),
     };
     let mut factories: Vec<Box<dyn CacheFactory>> = vec![Box::new(F16Factory)];
     let mut codecs: Vec<Option<Codec>> = vec![None];
@@ -231,10 +269,11 @@ fn run(args: &Args) -> Result<()> {
             continue;
         }
         let scheme = Scheme::from_name(name).map_err(|_| err(format!("unknown scheme {name}")))?;
-        factories.push(Box::new(BlockQuantFactory {
+        factories.push(Box::new(QuantFactory {
             scheme,
             group,
             streaming,
+            path,
         }));
         codecs.push(Some(Codec::new(
             scheme.config(HeadDim::new(cfg.head_dim)?, group),
@@ -294,6 +333,9 @@ fn run(args: &Args) -> Result<()> {
         }
         let ids = &all_ids[..args.tokens];
         let mut caches = runner.caches()?;
+        for (r, c) in reports.iter_mut().zip(&caches) {
+            r.attention = c.describe();
+        }
         {
             let mut refs: Vec<&mut KvCacheAttention> = caches.iter_mut().collect();
             runner
@@ -414,9 +456,12 @@ fn run(args: &Args) -> Result<()> {
         model: args.model.display().to_string(),
         channel_order: args.channel_order.clone(),
         device: "cpu".into(),
-        implementation: "BlockQuantCache (scalar encoders, dequantize on append)",
+        implementation: format!("QuantCache (packed blocks), attention {}", args.attention),
+        simd_level: vidkv_simd::active_level().name().into(),
+        weights: args.weights.clone(),
         group: args.group,
         residual: args.residual,
+        sinks: args.sinks,
         eval_tokens: if args.skip_eval { 0 } else { args.tokens },
         prefill: args.prefill,
         scored_positions: scored,
@@ -440,9 +485,10 @@ fn run(args: &Args) -> Result<()> {
 
 fn print_tables(r: &Report) {
     println!(
-        "SmolLM2-135M-Instruct (Q4_1 GGUF, candle, {}), channel order {}, G = {}, R = {}",
-        r.device, r.channel_order, r.group, r.residual
+        "SmolLM2-135M-Instruct (Q4_1 GGUF, candle, {}, weights {}), channel order {}, G = {}, R = {}, sinks = {}",
+        r.device, r.weights, r.channel_order, r.group, r.residual, r.sinks
     );
+    println!("{} (SIMD level {})", r.implementation, r.simd_level);
     println!(
         "sanity: {:?} → {:?} (p = {:.3})",
         r.sanity_prompt, r.sanity_next_token, r.sanity_probability
@@ -454,17 +500,18 @@ fn print_tables(r: &Report) {
         );
     }
     println!(
-        "| scheme | bits/elt | B/token | PPL | ΔPPL | mean KL | top-1 agree | gen identical | first diff | tok/s | attn µs/tok |"
+        "| scheme | attention | bits/elt | B/token | PPL | ΔPPL | mean KL | top-1 agree | gen identical | first diff | tok/s | attn µs/tok |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &r.schemes {
         let generated = s
             .gen_identical
             .map_or("–".into(), |g| format!("{:.1}%", 100.0 * g));
         let div = s.gen_first_divergence.map_or("–".into(), |d| d.to_string());
         println!(
-            "| {} | {:.2} | {:.0} | {:.3} | {:+.3} | {:.4} | {:.1}% | {} | {} | {:.1} | {:.0} |",
+            "| {} | {} | {:.2} | {:.0} | {:.3} | {:+.3} | {:.4} | {:.1}% | {} | {} | {:.1} | {:.0} |",
             s.scheme,
+            s.attention,
             s.bits_per_element,
             s.bytes_per_token,
             s.perplexity,
