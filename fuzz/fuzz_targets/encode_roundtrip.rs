@@ -32,5 +32,8 @@ fuzz_target!(|data: &[u8]| {
     vidkv_cpu::decode_key_blocks(&codec, &keys, &mut out).expect("own key bytes decode");
     assert!(out.iter().all(|v| v.is_finite()), "non-finite decoded key");
     vidkv_cpu::decode_value_blocks(&codec, &values, &mut out).expect("own value bytes decode");
-    assert!(out.iter().all(|v| v.is_finite()), "non-finite decoded value");
+    assert!(
+        out.iter().all(|v| v.is_finite()),
+        "non-finite decoded value"
+    );
 });
