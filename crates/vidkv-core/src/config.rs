@@ -258,16 +258,21 @@ pub enum Scheme {
     Kivi4,
     /// Uniform per-channel 2-bit keys and values.
     Pc2,
+    /// [`Scheme::Vidkv`] with salient tokens (DESIGN §1.3): the fraction
+    /// [`Scheme::salient_fraction`] of tokens (p = 0.2) keep 2-bit values. The block encoding is
+    /// vidkv's; which tokens are salient is the caller's input to the streaming cache.
+    VidkvStp,
 }
 
 impl Scheme {
     /// All presets, in report order.
-    pub const ALL: [Scheme; 5] = [
+    pub const ALL: [Scheme; 6] = [
         Scheme::Vidkv,
         Scheme::VidkvPaper,
         Scheme::Kivi2,
         Scheme::Kivi4,
         Scheme::Pc2,
+        Scheme::VidkvStp,
     ];
 
     /// The name used on the command line and in reports.
@@ -278,6 +283,15 @@ impl Scheme {
             Scheme::Kivi2 => "kivi2",
             Scheme::Kivi4 => "kivi4",
             Scheme::Pc2 => "pc2",
+            Scheme::VidkvStp => "vidkv-stp",
+        }
+    }
+
+    /// Share of tokens marked salient, for the presets that use salient tokens.
+    pub fn salient_fraction(self) -> Option<f32> {
+        match self {
+            Scheme::VidkvStp => Some(0.2),
+            _ => None,
         }
     }
 
@@ -294,7 +308,7 @@ impl Scheme {
     /// The configuration of this preset for a head_dim and group size.
     pub fn config(self, head_dim: HeadDim, group: GroupSize) -> QuantConfig {
         let (keys, values, arithmetic) = match self {
-            Scheme::Vidkv => (
+            Scheme::Vidkv | Scheme::VidkvStp => (
                 KeyScheme::Mixed(MixedKeys::DEFAULT),
                 ValueScheme::Ternary {
                     scale: TernaryScale::LeastSquares,

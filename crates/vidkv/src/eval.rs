@@ -1,13 +1,16 @@
 //! Metrics of one tensor under one scheme: storage cost measured on the produced bytes, error
 //! against the original input, and backend throughput.
 
+use std::time::Instant;
+
 use serde::Serialize;
+use vidkv_core::cache::{CacheConfig, KvCache, Salient};
 use vidkv_core::{Arithmetic, Codec, KvQuantBackend, Scheme};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::SchemeOptions;
 use crate::quantize::{Quantized, quantize_timed, relative_error};
-use crate::tensor::KvTensor;
+use crate::tensor::{KvKind, KvTensor};
 
 /// One line of `vidkv eval`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,6 +62,10 @@ pub fn evaluate<B: KvQuantBackend>(
     repeats: usize,
 ) -> Result<EvalRow> {
     let codec = prepare(file, tensor, scheme, options)?;
+    if let (Some(fraction), KvKind::Value) = (scheme.salient_fraction(), tensor.kind()) {
+        return salient_values(backend, file, tensor, scheme, &codec, fraction)
+            .map_err(|e| e.in_tensor(tensor.name()).in_file(file));
+    }
     let q = quantize_timed(backend, &codec, tensor, repeats).map_err(|e| e.in_file(file))?;
     let rel_error = tensor_error(tensor, &q).map_err(|e| e.in_file(file))?;
     Ok(EvalRow {
@@ -78,6 +85,92 @@ pub fn evaluate<B: KvQuantBackend>(
         rel_error,
         encode_gb_per_s: gb_per_s(q.quantized_elements(), q.encode_time.as_secs_f64()),
         decode_gb_per_s: gb_per_s(q.quantized_elements(), q.decode_time.as_secs_f64()),
+    })
+}
+
+/// Salience stand-in when no embeddings are given: each token's value norm, summed over heads.
+pub fn value_norm_scores(tensor: &KvTensor<'_>) -> Result<Vec<f32>> {
+    let mut scores = vec![0.0f32; tensor.tokens()];
+    let d = tensor.head_dim().get();
+    for head in 0..tensor.heads() {
+        let rows = tensor.head_f32(head, 0..tensor.tokens(), Arithmetic::F32)?;
+        for (s, row) in scores.iter_mut().zip(rows.chunks_exact(d)) {
+            *s += row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        }
+    }
+    Ok(scores)
+}
+
+/// Values of a salient-token scheme: every whole block quantized through the streaming cache
+/// (no residual window, no sinks) with the top `fraction` of tokens by [`value_norm_scores`]
+/// salient. Storage counts value blocks, salient groups, salient masks and the pending salient
+/// values (f16); encode is the prefill, decode the dequantization.
+fn salient_values<B: KvQuantBackend>(
+    backend: &B,
+    file: &str,
+    tensor: &KvTensor<'_>,
+    scheme: Scheme,
+    codec: &Codec,
+    fraction: f32,
+) -> Result<EvalRow> {
+    let (heads, tokens, d) = (tensor.heads(), tensor.tokens(), tensor.head_dim().get());
+    let mut input = Vec::with_capacity(heads * tokens * d);
+    for head in 0..heads {
+        input.extend(tensor.head_f32(head, 0..tokens, Arithmetic::F32)?);
+    }
+    let scores = value_norm_scores(tensor)?;
+    let config = CacheConfig {
+        residual: 0,
+        sinks: 0,
+        ..CacheConfig::new(*codec, heads, heads)
+    };
+    let mut cache = KvCache::new(backend, config)?;
+    let seq = cache.add_sequence()?;
+    let start = Instant::now();
+    cache.prefill(
+        seq,
+        &input,
+        &input,
+        Salient::Scores {
+            scores: &scores,
+            fraction,
+        },
+    )?;
+    let encode = start.elapsed();
+    let start = Instant::now();
+    let (_, values) = cache.dequantize(seq)?;
+    let decode = start.elapsed();
+    let g = codec.group();
+    let quantized_tokens = cache.blocks(seq) * g;
+    let remainder_tokens = tokens - quantized_tokens;
+    let m = cache.memory();
+    let ring = cache.residual_tokens(seq) * 2 * d * 2 * heads;
+    let encoded_bytes = m.value_blocks + m.salient_blocks + m.metadata + (m.residual - ring);
+    let mut decoded = Vec::with_capacity(heads * quantized_tokens * d);
+    let mut original = Vec::with_capacity(heads * quantized_tokens * d);
+    for head in 0..heads {
+        decoded.extend_from_slice(&values[head * tokens * d..][..quantized_tokens * d]);
+        original.extend_from_slice(&input[head * tokens * d..][..quantized_tokens * d]);
+    }
+    let elements = heads * quantized_tokens * d;
+    Ok(EvalRow {
+        file: file.to_owned(),
+        tensor: tensor.name().to_owned(),
+        kind: tensor.kind().label(),
+        scheme: scheme.name(),
+        backend: backend.name(),
+        heads,
+        tokens,
+        head_dim: d,
+        group: g,
+        quantized_tokens,
+        remainder_tokens,
+        encoded_bytes,
+        bits_per_element: (encoded_bytes * 8) as f64 / elements.max(1) as f64,
+        rel_error: relative_error(&decoded, &original),
+        // The prefill encodes keys and values; count both.
+        encode_gb_per_s: gb_per_s(2 * elements, encode.as_secs_f64()),
+        decode_gb_per_s: gb_per_s(2 * elements, decode.as_secs_f64()),
     })
 }
 

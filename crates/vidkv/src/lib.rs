@@ -7,6 +7,9 @@
 //! * [`options`] — overrides applied on top of a preset ([`Scheme`]);
 //! * [`mod@quantize`] — quantize and decode one tensor with any [`KvQuantBackend`];
 //! * [`mod@eval`] — storage cost, error and throughput of a tensor under a scheme;
+//! * [`attn_eval`] — attention error through the streaming cache for files with queries;
+//! * [`attention`] — decode attention split over threads (fused jobs and dense baselines);
+//! * [`bench`] — the decode-step and encode benchmark behind `vidkv bench`;
 //! * [`mod@roundtrip`] — quantize-then-dequantize a whole file;
 //! * [`vkv`] — whole caches in `.vkv` container files (pack, unpack, inspect);
 //! * [`error`] — errors that name the file and tensor they concern.
@@ -16,6 +19,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attention;
+pub mod attn_eval;
+pub mod bench;
 pub mod error;
 pub mod eval;
 pub mod options;
@@ -26,6 +32,7 @@ pub mod vkv;
 
 /// vidkv-core's error (what backends and codecs return); [`Error`] wraps it with file context.
 pub use vidkv_core::Error as CoreError;
+pub use vidkv_core::cache::{self, CacheConfig, KvCache, MemoryUsage, Salient};
 pub use vidkv_core::{
     AffineParams, Arithmetic, Bits, Capability, ChannelMask, Codec, DType, FORMAT_VERSION,
     GroupSize, HeadDim, HeadTensor, KeyLayout, KeyScheme, KvQuantBackend, LaneRule, MixedKeys,

@@ -16,16 +16,34 @@ fn json_rows(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// The per-tensor rows (the attention rows have `"kind": "attn"`).
+fn tensor_rows(rows: Vec<Value>) -> Vec<Value> {
+    rows.into_iter().filter(|r| r["kind"] != "attn").collect()
+}
+
 #[test]
 fn builtin_json_covers_every_scheme_and_tensor() {
-    let rows = json_rows(&["eval", "--json", "--repeat", "1"]);
+    let all = json_rows(&["eval", "--json", "--repeat", "1"]);
+    let attn: Vec<&Value> = all.iter().filter(|r| r["kind"] == "attn").collect();
+    // The SmolLM2 sample has queries (q_post.15): one attention row per scheme.
+    assert_eq!(attn.len(), vidkv::Scheme::ALL.len());
+    for r in &attn {
+        assert_eq!(r["file"], "builtin:smollm2");
+        assert_eq!(r["layer"], 15);
+        assert_eq!(r["queries"], 256);
+        for key in ["attn_rel_error", "attn_kl"] {
+            let x = r[key].as_f64().unwrap();
+            assert!(x > 0.0 && x < 1.0, "{key} in {r}");
+        }
+    }
+    let rows = tensor_rows(all);
     let schemes: BTreeSet<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
     let expected: BTreeSet<&str> = vidkv::Scheme::ALL.iter().map(|s| s.name()).collect();
     assert_eq!(schemes, expected);
     let files: BTreeSet<&str> = rows.iter().map(|r| r["file"].as_str().unwrap()).collect();
     assert_eq!(files, BTreeSet::from(["builtin:dinov2", "builtin:smollm2"]));
-    // 2 files × (K, V) × 5 schemes
-    assert_eq!(rows.len(), 20);
+    // 2 files × (K, V) × 6 schemes
+    assert_eq!(rows.len(), 24);
     for r in &rows {
         for key in [
             "file",
@@ -54,7 +72,15 @@ fn builtin_json_covers_every_scheme_and_tensor() {
 
 #[test]
 fn vidkv_scheme_stays_within_its_bit_budget() {
-    let rows = json_rows(&["eval", "--json", "--scheme", "vidkv", "--repeat", "1"]);
+    let rows = json_rows(&[
+        "eval",
+        "--json",
+        "--scheme",
+        "vidkv",
+        "--repeat",
+        "1",
+        "--no-attention",
+    ]);
     assert_eq!(rows.len(), 4);
     for r in &rows {
         assert_eq!(r["group"], 32);
@@ -67,7 +93,15 @@ fn vidkv_scheme_stays_within_its_bit_budget() {
 
 #[test]
 fn dinov2_sample_reports_its_tail_separately() {
-    let rows = json_rows(&["eval", "--json", "--scheme", "kivi2", "--repeat", "1"]);
+    let rows = json_rows(&[
+        "eval",
+        "--json",
+        "--scheme",
+        "kivi2",
+        "--repeat",
+        "1",
+        "--no-attention",
+    ]);
     let dino: Vec<_> = rows
         .iter()
         .filter(|r| r["file"] == "builtin:dinov2")
@@ -84,7 +118,14 @@ fn dinov2_sample_reports_its_tail_separately() {
 #[test]
 fn table_has_a_header_and_one_line_per_row() {
     let out = vidkv(&[
-        "eval", "--scheme", "pc2", "--scheme", "vidkv", "--repeat", "1",
+        "eval",
+        "--scheme",
+        "pc2",
+        "--scheme",
+        "vidkv",
+        "--repeat",
+        "1",
+        "--no-attention",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -106,7 +147,15 @@ fn table_has_a_header_and_one_line_per_row() {
 
 #[test]
 fn overrides_change_the_measured_scheme() {
-    let base = json_rows(&["eval", "--json", "--scheme", "vidkv", "--repeat", "1"]);
+    let base = json_rows(&[
+        "eval",
+        "--json",
+        "--scheme",
+        "vidkv",
+        "--repeat",
+        "1",
+        "--no-attention",
+    ]);
     let g64 = json_rows(&[
         "eval",
         "--json",
@@ -124,6 +173,7 @@ fn overrides_change_the_measured_scheme() {
         "reference",
         "--repeat",
         "1",
+        "--no-attention",
     ]);
     assert_eq!(g64[0]["group"], 64);
     assert_ne!(g64[0]["bits_per_element"], base[0]["bits_per_element"]);
@@ -150,4 +200,47 @@ fn an_override_that_breaks_a_preset_says_which() {
             && err.contains("Hadamard"),
         "{err}"
     );
+}
+
+#[test]
+fn attention_rows_follow_the_cache_settings() {
+    let rows = json_rows(&[
+        "eval",
+        "--json",
+        "--scheme",
+        "kivi4",
+        "--scheme",
+        "vidkv-stp",
+        "--repeat",
+        "1",
+        "--residual",
+        "64",
+        "--sinks",
+        "4",
+    ]);
+    let attn: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "attn").collect();
+    assert_eq!(attn.len(), 2);
+    for r in &attn {
+        assert_eq!(r["residual"], 64);
+        assert_eq!(r["sinks"], 4);
+        assert_eq!(r["q_heads"], 9);
+        assert_eq!(r["kv_heads"], 3);
+    }
+    // KIVI-4 is far more accurate than the 1.5-bit schemes.
+    assert!(
+        attn[0]["attn_rel_error"].as_f64().unwrap() < 0.05,
+        "{}",
+        attn[0]
+    );
+    // vidkv-stp marks 20 % of the 2048 tokens salient (value norms stand in for the score).
+    assert_eq!(attn[1]["salient_tokens"], 410);
+    let out = vidkv(&[
+        "eval",
+        "--scheme",
+        "vidkv-stp",
+        "--repeat",
+        "1",
+        "--no-attention",
+    ]);
+    assert!(stderr(&out).contains("value norm"), "{}", stderr(&out));
 }

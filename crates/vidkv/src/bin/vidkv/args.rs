@@ -28,6 +28,8 @@ pub enum Command {
     Unpack(crate::vkv_cmd::UnpackArgs),
     /// Configuration, sizes and bits per element of a `.vkv` container.
     Inspect(crate::vkv_cmd::InspectArgs),
+    /// Decode-step attention over f32, f16 and packed caches; encode throughput.
+    Bench(crate::bench_cmd::BenchArgs),
 }
 
 /// `vidkv eval`.
@@ -36,7 +38,8 @@ pub struct EvalArgs {
     /// safetensors files with `k.L`/`k_post.L`/`v.L` tensors `[heads, tokens, head_dim]`;
     /// none: the two samples compiled into the binary (SmolLM2 and DINOv2).
     pub files: Vec<PathBuf>,
-    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2. Default: all.
+    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2, vidkv-stp.
+    /// Default: all.
     #[arg(long = "scheme", value_name = "NAME")]
     pub schemes: Vec<String>,
     /// One JSON object per line instead of a table.
@@ -45,6 +48,15 @@ pub struct EvalArgs {
     /// Runs of each encode/decode call; throughput is the fastest.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub repeat: usize,
+    /// Residual window R of the streaming cache in the attention metrics (files with queries).
+    #[arg(long, default_value_t = vidkv::cache::DEFAULT_RESIDUAL, value_name = "R")]
+    pub residual: usize,
+    /// Attention sinks S (first tokens kept in f16) in the attention metrics.
+    #[arg(long, default_value_t = vidkv::cache::DEFAULT_SINKS, value_name = "S")]
+    pub sinks: usize,
+    /// Skip the attention metrics.
+    #[arg(long)]
+    pub no_attention: bool,
     /// Overrides on top of each preset.
     #[command(flatten)]
     pub quant: QuantArgs,

@@ -5,6 +5,7 @@
 //! errors keep exit code 2); a closed stdout (`vidkv eval | head`) ends the run quietly.
 
 mod args;
+mod bench_cmd;
 mod builtin;
 mod report;
 mod vkv_cmd;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         Command::Pack(a) => vkv_cmd::pack(&backend, &a),
         Command::Unpack(a) => vkv_cmd::unpack(&backend, &a),
         Command::Inspect(a) => vkv_cmd::inspect(&a),
+        Command::Bench(a) => bench_cmd::bench(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,12 +75,46 @@ fn eval<B: KvQuantBackend>(backend: &B, a: &EvalArgs) -> Result<()> {
         .map(|t| t.name().len())
         .max()
         .unwrap_or(0);
+    let layers = if a.no_attention {
+        vec![Vec::new(); files.len()]
+    } else {
+        files
+            .iter()
+            .map(vidkv::attn_eval::attention_layers)
+            .collect::<Result<Vec<_>>>()?
+    };
+    if schemes.iter().any(|s| s.salient_fraction().is_some()) {
+        eprintln!(
+            "note: vidkv-stp: no visual/text embeddings given; each token's value norm (summed \
+             over KV heads) stands in for the salience score"
+        );
+    }
     let mut report = Report::new(io::stdout().lock(), a.json, file_width, tensor_width);
     report.header().map_err(stdout_error)?;
     for_each_run(&files, &tensors, &schemes, |file, tensor, scheme| {
         let row = vidkv::evaluate(backend, file.label(), tensor, scheme, &options, a.repeat)?;
         report.row(&row).map_err(stdout_error)
-    })
+    })?;
+    let attn = vidkv::attn_eval::AttnOptions {
+        residual: a.residual,
+        sinks: a.sinks,
+    };
+    let mut header = true;
+    for (file, layers) in files.iter().zip(&layers) {
+        for layer in layers {
+            let rows = vidkv::attn_eval::evaluate_attention(
+                backend, file, layer, &schemes, &options, &attn,
+            )?;
+            if header {
+                report.attn_header().map_err(stdout_error)?;
+                header = false;
+            }
+            for row in &rows {
+                report.attn_row(row).map_err(stdout_error)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Calls `f` for every (file, tensor, scheme) in report order, stopping at the first error.

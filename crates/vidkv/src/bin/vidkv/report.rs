@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use vidkv::EvalRow;
+use vidkv::attn_eval::AttnRow;
 
 /// Output format of `vidkv eval`.
 #[derive(Debug)]
@@ -64,6 +65,53 @@ impl<W: Write> Report<W> {
                 r.rel_error,
                 r.encode_gb_per_s,
                 r.decode_gb_per_s
+            )?;
+        }
+        self.out.flush()
+    }
+
+    /// Prints the column names of the attention lines (table form only).
+    pub fn attn_header(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let fw = self.file_width;
+        writeln!(
+            self.out,
+            "\nattention through the cache (queries at the last positions, causal):\n\
+             {:<fw$}  layer  {:<11}  {:>6}  {:>5}  {:>7}  {:>10}  {:>14}  {:>14}  {:>10}",
+            "file",
+            "scheme",
+            "R",
+            "S",
+            "queries",
+            "cache bits",
+            "attn_rel_error",
+            "(worst)",
+            "attn_kl"
+        )
+    }
+
+    /// Prints one attention line and flushes it.
+    pub fn attn_row(&mut self, r: &AttnRow) -> io::Result<()> {
+        if self.json {
+            let line = serde_json::to_string(r).map_err(io::Error::other)?;
+            writeln!(self.out, "{line}")?;
+        } else {
+            let fw = self.file_width;
+            writeln!(
+                self.out,
+                "{:<fw$}  {:>5}  {:<11}  {:>6}  {:>5}  {:>7}  {:>10.4}  {:>14.5}  {:>14.5}  {:>10.2e}",
+                r.file,
+                r.layer,
+                r.scheme,
+                r.residual,
+                r.sinks,
+                r.queries,
+                r.cache_bits_per_element,
+                r.attn_rel_error,
+                r.attn_rel_error_max,
+                r.attn_kl
             )?;
         }
         self.out.flush()
