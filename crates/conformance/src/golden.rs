@@ -36,9 +36,13 @@ use crate::inputs::{self, Case, InputKind, Params};
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"VKVGOLD\0";
 
-/// The folder of the committed vectors.
+/// The folder of the committed vectors: `VIDKV_GOLDEN_DIR` if set (for test binaries run on
+/// another machine, e.g. a GPU host), else `crates/conformance/golden`.
 pub fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+    match std::env::var_os("VIDKV_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("golden"),
+    }
 }
 
 /// A vector's name and configuration.

@@ -10,7 +10,9 @@
 //! which emits one `#[test]` per property in a module named `scalar`. Every property compares
 //! with the normative scalar implementation (`vidkv_cpu`), prints what it covered and what the
 //! backend reported unsupported (on stderr, visible even when the test passes), and panics with the
-//! minimal failing case. `PROPTEST_CASES` overrides every property's case count.
+//! minimal failing case. `PROPTEST_CASES` overrides every property's case count. A backend that
+//! may be absent (no GPU) uses `conformance::suite!(cuda, optional CudaBackend::new())` with a
+//! `Result`, and every test then reports that it was skipped and why.
 //!
 //! * [`props`] — the properties, generic over the backend;
 //! * [`inputs`] — configurations, shapes and tensors (realistic, random, adversarial);
@@ -25,61 +27,58 @@ pub mod rng;
 
 /// Emits `mod $name { #[test] fn …() }` with one test per property of [`props`] plus the golden
 /// vectors, all run on the backend `$backend` (an expression, evaluated once per test).
+///
+/// `suite!(name, optional EXPR)` takes a `Result` of a backend instead: with `Err(e)` (no
+/// device, say) every test prints that it was skipped and why (`e`, which must be `Display`),
+/// visibly, and passes.
 #[macro_export]
 macro_rules! suite {
+    ($name:ident, optional $backend:expr) => {
+        $crate::suite!(@tests $name, $backend);
+    };
     ($name:ident, $backend:expr) => {
+        $crate::suite!(
+            @tests $name,
+            ::core::result::Result::<_, ::core::convert::Infallible>::Ok($backend)
+        );
+    };
+    (@tests $name:ident, $backend:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
-            #[test]
-            fn encode_keys_matches_reference() {
-                $crate::props::encode_keys_matches_reference(&$backend);
+            $crate::suite!(@test encode_keys_matches_reference, props, $backend);
+            $crate::suite!(@test encode_values_matches_reference, props, $backend);
+            $crate::suite!(@test decode_matches_reference, props, $backend);
+            $crate::suite!(@test key_error_bounds, props, $backend);
+            $crate::suite!(@test value_error_bounds, props, $backend);
+            $crate::suite!(@test rejects_bad_input, props, $backend);
+            $crate::suite!(@test damaged_blocks_like_reference, props, $backend);
+            $crate::suite!(@test arbitrary_bytes_never_panic, props, $backend);
+            $crate::suite!(@test container_roundtrip, props, $backend);
+            $crate::suite!(@test golden_vectors, golden, $backend);
+        }
+    };
+    (@test $property:ident, props, $backend:expr) => {
+        #[test]
+        fn $property() {
+            match $backend {
+                ::core::result::Result::Ok(b) => $crate::props::$property(&b),
+                ::core::result::Result::Err(e) => $crate::props::report_line(&format!(
+                    "conformance {}: SKIPPED, no backend: {e}",
+                    stringify!($property)
+                )),
             }
-
-            #[test]
-            fn encode_values_matches_reference() {
-                $crate::props::encode_values_matches_reference(&$backend);
-            }
-
-            #[test]
-            fn decode_matches_reference() {
-                $crate::props::decode_matches_reference(&$backend);
-            }
-
-            #[test]
-            fn key_error_bounds() {
-                $crate::props::key_error_bounds(&$backend);
-            }
-
-            #[test]
-            fn value_error_bounds() {
-                $crate::props::value_error_bounds(&$backend);
-            }
-
-            #[test]
-            fn rejects_bad_input() {
-                $crate::props::rejects_bad_input(&$backend);
-            }
-
-            #[test]
-            fn damaged_blocks_like_reference() {
-                $crate::props::damaged_blocks_like_reference(&$backend);
-            }
-
-            #[test]
-            fn arbitrary_bytes_never_panic() {
-                $crate::props::arbitrary_bytes_never_panic(&$backend);
-            }
-
-            #[test]
-            fn container_roundtrip() {
-                $crate::props::container_roundtrip(&$backend);
-            }
-
-            #[test]
-            fn golden_vectors() {
-                $crate::golden::check_backend(&$backend);
+        }
+    };
+    (@test golden_vectors, golden, $backend:expr) => {
+        #[test]
+        fn golden_vectors() {
+            match $backend {
+                ::core::result::Result::Ok(b) => $crate::golden::check_backend(&b),
+                ::core::result::Result::Err(e) => $crate::props::report_line(&format!(
+                    "conformance golden_vectors: SKIPPED, no backend: {e}"
+                )),
             }
         }
     };
