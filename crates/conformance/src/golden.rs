@@ -10,7 +10,7 @@
 //! |---|---|
 //! | 8 | magic `VKVGOLD\0` |
 //! | 2 | block format version ([`vidkv_core::FORMAT_VERSION`]) when written |
-//! | 2 | reserved, 0 |
+//! | 2 | flags: bit 0 = masked vector (values encoded with excluded tokens) |
 //! | 4 + n | configuration, as text ([`crate::inputs::describe`]) |
 //! | 4 + 4 | head_dim, tokens |
 //! | 2·T·D | input keys, f16 |
@@ -19,8 +19,10 @@
 //! | 4 + n | encoded value blocks |
 //! | 4·T·D | decoded keys, f32 |
 //! | 4·T·D | decoded values, f32 |
+//! | 4 + n | masked vectors only: the excluded-token mask (`G/8` bytes per block, LSB first) |
 //!
-//! Inputs are f16 (what real caches hold). Layer-scope vectors pool the outlier mask over the one
+//! Masked vectors encode their values with `encode_value_blocks_masked` (salient tokens of
+//! vidkv-stp left out of the value blocks). Inputs are f16 (what real caches hold). Layer-scope vectors pool the outlier mask over the one
 //! head with [`vidkv_cpu::layer_outliers`].
 
 use std::path::{Path, PathBuf};
@@ -52,6 +54,9 @@ pub struct Spec {
     pub name: String,
     /// Configuration.
     pub config: QuantConfig,
+    /// Values encoded with some tokens excluded (salient tokens of vidkv-stp), see
+    /// [`excluded_mask`].
+    pub masked: bool,
 }
 
 fn cfg(
@@ -79,8 +84,8 @@ fn mixed(r: f32, scope: OutlierScope, transform: Transform, lane_rule: LaneRule)
     })
 }
 
-/// Every golden vector: all presets at (D, G) = (64, 32) and (18, 64), two at D = 80, and
-/// variants of every option at (64, 32).
+/// Every golden vector: all presets at (D, G) = (64, 32) and (18, 64) (one per distinct block
+/// configuration), two at D = 80, and variants of every option at (64, 32).
 pub fn specs() -> Vec<Spec> {
     use Arithmetic::{F32, Reference};
     use LaneRule::{PaperCompat, Symmetric};
@@ -88,10 +93,20 @@ pub fn specs() -> Vec<Spec> {
     use Transform::{Fft, Hadamard, Identity};
     let mut v = Vec::new();
     for (d, g) in [(64, 32), (18, 64)] {
-        for s in Scheme::ALL {
+        let (hd, gs) = (HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap());
+        for (i, s) in Scheme::ALL.into_iter().enumerate() {
+            // Presets with the block configuration of an earlier one (vidkv-stp differs from
+            // vidkv only in which tokens the cache keeps salient) share its vectors.
+            if Scheme::ALL[..i]
+                .iter()
+                .any(|e| e.config(hd, gs) == s.config(hd, gs))
+            {
+                continue;
+            }
             v.push(Spec {
                 name: format!("{}-d{d}-g{g}", s.name()),
                 config: s.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap()),
+                masked: false,
             });
         }
     }
@@ -99,6 +114,7 @@ pub fn specs() -> Vec<Spec> {
         v.push(Spec {
             name: format!("{}-d80-g32", s.name()),
             config: s.config(HeadDim::new(80).unwrap(), GroupSize::G32),
+            masked: false,
         });
     }
     let ternary = |scale| ValueScheme::Ternary { scale };
@@ -218,9 +234,32 @@ pub fn specs() -> Vec<Spec> {
         v.push(Spec {
             name: name.to_string(),
             config,
+            masked: false,
+        });
+    }
+    // Value blocks with excluded (salient) tokens: ternary, per-token and per-channel.
+    for (s, d, g) in [
+        (Scheme::VidkvStp, 64, 32),
+        (Scheme::Kivi2, 64, 32),
+        (Scheme::Pc2, 18, 64),
+    ] {
+        v.push(Spec {
+            name: format!("{}-masked-d{d}-g{g}", s.name()),
+            config: s.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap()),
+            masked: true,
         });
     }
     v
+}
+
+/// The excluded tokens of a masked vector: about one in five (`(7t + 3) mod 5 = 0`), `G/8`
+/// bytes per block, LSB first.
+pub fn excluded_mask(tokens: usize) -> Vec<u8> {
+    let mut m = vec![0u8; tokens.div_ceil(8)];
+    for t in (0..tokens).filter(|t| (7 * t + 3) % 5 == 0) {
+        m[t / 8] |= 1 << (t % 8);
+    }
+    m
 }
 
 /// A vector's contents.
@@ -246,6 +285,8 @@ pub struct Vector {
     pub decoded_keys: Vec<f32>,
     /// Decoded values.
     pub decoded_values: Vec<f32>,
+    /// Tokens excluded from the value blocks (masked vectors only).
+    pub excluded: Option<Vec<u8>>,
 }
 
 impl Vector {
@@ -254,7 +295,7 @@ impl Vector {
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&self.format_version.to_le_bytes());
-        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&u16::from(self.excluded.is_some()).to_le_bytes());
         let blob = |b: &mut Vec<u8>, data: &[u8]| {
             b.extend_from_slice(&(data.len() as u32).to_le_bytes());
             b.extend_from_slice(data);
@@ -270,6 +311,9 @@ impl Vector {
         for v in self.decoded_keys.iter().chain(&self.decoded_values) {
             b.extend_from_slice(&v.to_le_bytes());
         }
+        if let Some(m) = &self.excluded {
+            blob(&mut b, m);
+        }
         b
     }
 
@@ -281,6 +325,7 @@ impl Vector {
         }
         let fv = cur.take(4)?;
         let format_version = u16::from_le_bytes([fv[0], fv[1]]);
+        let masked = fv[2] & 1 == 1;
         let n = cur.u32()?;
         let description = String::from_utf8(cur.take(n)?.to_vec()).map_err(|e| e.to_string())?;
         let head_dim = cur.u32()?;
@@ -304,6 +349,12 @@ impl Vector {
         let value_bytes = cur.take(n)?.to_vec();
         let decoded_keys = f32s(cur.take(4 * elems)?);
         let decoded_values = f32s(cur.take(4 * elems)?);
+        let excluded = if masked {
+            let n = cur.u32()?;
+            Some(cur.take(n)?.to_vec())
+        } else {
+            None
+        };
         let at = cur.at;
         if at != bytes.len() {
             return Err(format!(
@@ -322,6 +373,7 @@ impl Vector {
             value_bytes,
             decoded_keys,
             decoded_values,
+            excluded,
         })
     }
 }
@@ -400,8 +452,10 @@ pub fn compute(spec: &Spec, keys: Vec<f16>, values: Vec<f16>) -> Result<Vector, 
     let mut key_bytes = vec![0u8; blocks * codec.key_block_bytes()];
     vidkv_cpu::encode_key_blocks(&codec, &k, mask.as_ref(), &mut key_bytes)
         .map_err(|e| e.to_string())?;
+    let excluded = spec.masked.then(|| excluded_mask(tokens));
     let mut value_bytes = vec![0u8; blocks * codec.value_block_bytes()];
-    vidkv_cpu::encode_value_blocks(&codec, &v, &mut value_bytes).map_err(|e| e.to_string())?;
+    vidkv_cpu::encode_value_blocks_masked(&codec, &v, excluded.as_deref(), &mut value_bytes)
+        .map_err(|e| e.to_string())?;
     let mut decoded_keys = vec![0.0f32; k.len()];
     vidkv_cpu::decode_key_blocks(&codec, &key_bytes, &mut decoded_keys)
         .map_err(|e| e.to_string())?;
@@ -419,6 +473,7 @@ pub fn compute(spec: &Spec, keys: Vec<f16>, values: Vec<f16>) -> Result<Vector, 
         value_bytes,
         decoded_keys,
         decoded_values,
+        excluded,
     })
 }
 
@@ -475,6 +530,9 @@ pub fn check_reference(spec: &Spec) -> Result<(), String> {
             first_difference(&stored.value_bytes, &now.value_bytes)
         ));
     }
+    if now.excluded != stored.excluded {
+        return Err(format!("{}: excluded-token mask changed", spec.name));
+    }
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     if bits(&now.decoded_keys) != bits(&stored.decoded_keys) {
         return Err(format!("{}: decoded keys changed", spec.name));
@@ -508,10 +566,12 @@ pub fn check_backend<B: vidkv_core::KvQuantBackend>(backend: &B) {
             }
             _ => None,
         };
-        for (keys, op) in [
-            (true, Operation::EncodeKeys),
-            (false, Operation::EncodeValues),
-        ] {
+        let value_op = if stored.excluded.is_some() {
+            Operation::EncodeValuesMasked
+        } else {
+            Operation::EncodeValues
+        };
+        for (keys, op) in [(true, Operation::EncodeKeys), (false, value_op)] {
             if let Capability::Unsupported(r) = backend.capability(op, &codec) {
                 skipped.push(format!("{} {}: {r}", spec.name, op.name()));
                 continue;
@@ -530,15 +590,28 @@ pub fn check_backend<B: vidkv_core::KvQuantBackend>(backend: &B) {
                 dtype: DType::F16,
                 tokens: stored.tokens,
             };
-            let r = if keys {
-                backend.encode_keys(&codec, t, mask.as_ref(), &mut out)
-            } else {
-                backend.encode_values(&codec, t, &mut out)
+            let r = match (keys, &stored.excluded) {
+                (true, _) => backend.encode_keys(&codec, t, mask.as_ref(), &mut out),
+                (false, None) => backend.encode_values(&codec, t, &mut out),
+                (false, Some(excluded)) => {
+                    backend.encode_values_masked(&codec, t, excluded, &mut out)
+                }
             };
             r.unwrap_or_else(|e| panic!("{}: {} failed: {e}", spec.name, op.name()));
             let got = backend.download(&out).unwrap();
+            // The boundary rule recomputes statistics over every token, which masked blocks do
+            // not use: their bytes must match exactly.
             let cmp = if keys {
                 crate::fields::compare_keys(&codec, &krows, want, &got)
+            } else if stored.excluded.is_some() {
+                if got == *want {
+                    Ok(crate::fields::Tally {
+                        codes: vrows.len() as u64,
+                        boundary: 0,
+                    })
+                } else {
+                    Err("masked value bytes differ".to_string())
+                }
             } else {
                 crate::fields::compare_values(&codec, &vrows, want, &got)
             };

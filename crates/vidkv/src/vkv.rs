@@ -98,6 +98,12 @@ pub fn pack<B: KvQuantBackend>(
     scheme: Scheme,
     options: &SchemeOptions,
 ) -> Result<Packed> {
+    if scheme.salient_fraction().is_some() {
+        return Err(invalid(
+            "the .vkv container (version 1) has no salient-token section: pack with the \
+             scheme's plain preset (vidkv) instead",
+        ));
+    }
     let pairs = layer_pairs(file)?;
     let head_dim = pairs[0].0.head_dim();
     if let Some((k, _)) = pairs.iter().find(|(k, _)| k.head_dim() != head_dim) {
@@ -258,7 +264,8 @@ pub struct Inspection {
     pub container_version: u16,
     /// Block format version.
     pub format_version: u16,
-    /// The preset this configuration equals, or `"custom"`.
+    /// The presets this configuration equals (`"vidkv or vidkv-stp"`: the container does not
+    /// record salient tokens), or `"custom"`.
     pub scheme: String,
     /// Every configuration field, as text.
     pub config: String,
@@ -288,13 +295,19 @@ pub struct Inspection {
     pub value_block_bits_per_element: f64,
 }
 
-/// The preset a configuration equals, if any.
+/// The presets a configuration equals (`"vidkv or vidkv-stp"`), or `"custom"`.
 fn preset_of(codec: &Codec) -> String {
     let c = codec.config();
-    Scheme::ALL
+    let names: Vec<&str> = Scheme::ALL
         .into_iter()
-        .find(|s| s.config(c.head_dim, c.group) == *c)
-        .map_or_else(|| "custom".to_owned(), |s| s.name().to_owned())
+        .filter(|s| s.config(c.head_dim, c.group) == *c)
+        .map(Scheme::name)
+        .collect();
+    if names.is_empty() {
+        "custom".to_owned()
+    } else {
+        names.join(" or ")
+    }
 }
 
 /// Every field of a configuration, as one line.

@@ -157,6 +157,9 @@ fn damaged_files_and_unpaired_layers_are_one_line_errors() {
             );
         }
     }
+    let out = vidkv(&["pack", &s(&src), &s(&packed), "--scheme", "vidkv-stp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("salient"));
     let lonely = scratch("vkv-lonely.safetensors");
     write_file(&lonely, &[f16_tensor("k.2", 1, 40, D)], None);
     let out = vidkv(&[
