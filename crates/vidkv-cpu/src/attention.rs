@@ -364,15 +364,17 @@ static SPREAD: [u32; 256] = {
     t
 };
 
-/// The five base-3 digits (trit + 1) of a byte (bytes above 242 are rejected before use).
-static DIGITS: [[u8; 5]; 256] = {
-    let mut t = [[1u8; 5]; 256];
+/// The five base-3 digits (trit + 1) of a byte in the low five byte lanes of a u64, so that
+/// `Σ_i 3^i·DIGITS[byte_i]` computes five 4-token patterns at once without carries between lanes
+/// (each lane stays below 81). Bytes above 242 are rejected before use.
+static DIGITS: [u64; 256] = {
+    let mut t = [0u64; 256];
     let mut b = 0;
     while b <= MAX_TRIT_BYTE as usize {
         let mut rest = b;
         let mut i = 0;
         while i < 5 {
-            t[b][i] = (rest % 3) as u8;
+            t[b] |= ((rest % 3) as u64) << (8 * i);
             rest /= 3;
             i += 1;
         }
@@ -506,9 +508,8 @@ struct MixedState {
     mask: Option<ChannelMask>,
     outliers: Vec<usize>,
     normals: Vec<usize>,
-    /// `[chunks, M]` adjoint weights `T⁻ᵀ(q_normal)` for `mask`, times `ca` and `cb`.
-    wa: Vec<[f32; QW]>,
-    wb: Vec<[f32; QW]>,
+    /// `[chunks, M]` adjoint weights `T⁻ᵀ(q_normal)` for `mask`.
+    weights: Vec<[f32; QW]>,
     /// `[chunks, M]` bit weights `w_j·cb_j·s_j` of the current block.
     bit_w: Vec<[f32; QW]>,
     scales: Vec<f32>,
@@ -520,7 +521,6 @@ struct MixedState {
     nibbles: Vec<u32>,
     lane_scores: Vec<[f32; QW]>,
     gathered: Vec<[f32; QW]>,
-    w: Vec<[f32; QW]>,
     scratch: Vec<f32>,
 }
 
@@ -551,8 +551,7 @@ impl KeyScorer {
                     mask: None,
                     outliers: Vec::with_capacity(d),
                     normals: Vec::with_capacity(d),
-                    wa: vec![[0.0; QW]; chunks * m],
-                    wb: vec![[0.0; QW]; chunks * m],
+                    weights: vec![[0.0; QW]; chunks * m],
                     bit_w: vec![[0.0; QW]; chunks * m],
                     scales: vec![0.0; m],
                     bits: vec![0.0; m * g],
@@ -560,7 +559,6 @@ impl KeyScorer {
                     nibbles: vec![0; m.div_ceil(4) * g / 8],
                     lane_scores: vec![[0.0; QW]; g],
                     gathered: vec![[0.0; QW]; m],
-                    w: vec![[0.0; QW]; m],
                     scratch: Vec::new(),
                 })
             }
@@ -689,12 +687,13 @@ impl KeyScorer {
         )?;
         for ch in 0..self.chunks {
             let mut constant = self.constant[ch];
-            let wa = &st.wa[ch * lanes..][..lanes];
-            let wb = &st.wb[ch * lanes..][..lanes];
+            let weights = &st.weights[ch * lanes..][..lanes];
             let bw = &mut st.bit_w[ch * lanes..][..lanes];
-            for (((bw, wa), wb), &s) in bw.iter_mut().zip(wa).zip(wb).zip(&st.scales) {
-                constant = core::array::from_fn(|j| constant[j] + wa[j] * s);
-                *bw = wb.map(|x| x * s);
+            let coefficients = st.ca.iter().zip(&st.cb).zip(&st.scales);
+            for ((bw, w), ((&ca, &cb), &s)) in bw.iter_mut().zip(weights).zip(coefficients) {
+                let (a, b) = (ca * s, cb * s);
+                constant = core::array::from_fn(|j| constant[j] + w[j] * a);
+                *bw = w.map(|x| x * b);
             }
             self.constant[ch] = constant;
         }
@@ -787,33 +786,36 @@ impl MixedState {
     fn set_mask(&mut self, mask: ChannelMask, qt: &[[f32; QW]], chunks: usize, d: usize) {
         self.outliers.clear();
         self.normals.clear();
-        for c in 0..d {
-            if mask.words[c / 32] >> (c % 32) & 1 == 1 {
-                self.outliers.push(c);
+        for (w, &word) in mask.words.iter().enumerate().take(d.div_ceil(32)) {
+            let live = if 32 * (w + 1) <= d {
+                u32::MAX
             } else {
-                self.normals.push(c);
+                (1u32 << (d - 32 * w)) - 1
+            };
+            for (set, list) in [
+                (word, &mut self.outliers),
+                (!word & live, &mut self.normals),
+            ] {
+                let mut bits = set & live;
+                while bits != 0 {
+                    list.push(32 * w + bits.trailing_zeros() as usize);
+                    bits &= bits - 1;
+                }
             }
         }
+        // Normals must be ascending: the loop above visits words in order, each word's bits in
+        // order, and the two lists separately.
         let m = self.normals.len();
         for ch in 0..chunks {
             let qt = &qt[ch * d..][..d];
             for (g, &c) in self.gathered.iter_mut().zip(&self.normals) {
                 *g = qt[c];
             }
-            self.transform
-                .inverse_adjoint_lanes(&self.gathered, &mut self.w, &mut self.scratch);
-            let wa = &mut self.wa[ch * m..][..m];
-            let wb = &mut self.wb[ch * m..][..m];
-            for ((((wa, wb), w), &ca), &cb) in wa
-                .iter_mut()
-                .zip(wb.iter_mut())
-                .zip(&self.w)
-                .zip(&self.ca)
-                .zip(&self.cb)
-            {
-                *wa = w.map(|x| x * ca);
-                *wb = w.map(|x| x * cb);
-            }
+            self.transform.inverse_adjoint_lanes(
+                &self.gathered,
+                &mut self.weights[ch * m..][..m],
+                &mut self.scratch,
+            );
         }
         self.mask = Some(mask);
     }
@@ -849,9 +851,8 @@ struct ValueAccumulator {
     row: usize,
     /// `[d]` per-block sums of one query before the per-channel scale.
     block: Vec<f32>,
-    /// Ternary table path: digits `[G, ⌈d/5⌉·5]`, patterns `[G/4, d]`, one
+    /// Ternary table path: patterns `[G/4, ⌈d/5⌉·5]` (+3 bytes slack), one
     /// table per group of four tokens, token-major weights `[G]` and per-channel sums `[d]`.
-    digits: Vec<u8>,
     patterns: Vec<u8>,
     tables: Vec<[[f32; QW]; 81]>,
     weights: Vec<[f32; QW]>,
@@ -875,8 +876,7 @@ impl ValueAccumulator {
             rows: vec![0.0; g * row],
             row,
             block: vec![0.0; d],
-            digits: vec![0; g * trit_row_bytes(d) * 5],
-            patterns: vec![0; g / TG * d],
+            patterns: vec![0; g / TG * trit_row_bytes(d) * 5 + 3],
             tables: vec![[[0.0; QW]; 81]; g / TG],
             weights: vec![[0.0; QW]; g],
             sums: vec![[0.0; QW]; d],
@@ -909,7 +909,9 @@ impl ValueAccumulator {
                     scales.offset,
                 )?;
                 let bytes = &block[trits.range()];
-                if let Some(at) = bytes.iter().position(|&b| b > MAX_TRIT_BYTE) {
+                let worst = bytes.iter().fold(0u8, |m, &b| m.max(b));
+                if worst > MAX_TRIT_BYTE {
+                    let at = bytes.iter().position(|&b| b > MAX_TRIT_BYTE).unwrap_or(0);
                     return Err(Error::Corrupt {
                         what: "trit byte above 242",
                         offset: trits.offset + at,
@@ -1004,16 +1006,19 @@ impl ValueAccumulator {
         let (d, nq) = (self.d, self.nq);
         let dp = trit_row_bytes(d) * 5;
         let groups = G / TG;
-        for (b, out) in trits.iter().zip(self.digits.chunks_exact_mut(5)) {
-            let out: &mut [u8; 5] = out.try_into().expect("chunks of 5");
-            *out = DIGITS[usize::from(*b)];
-        }
-        for (g, pat) in self.patterns.chunks_exact_mut(d).enumerate() {
-            let rows = &self.digits[g * TG * dp..];
-            let (r0, r1) = (&rows[..d], &rows[dp..][..d]);
-            let (r2, r3) = (&rows[2 * dp..][..d], &rows[3 * dp..][..d]);
-            for c in 0..d {
-                pat[c] = r0[c] + 3 * r1[c] + 9 * r2[c] + 27 * r3[c];
+        // Patterns of four tokens, five channels per trit byte (u64 byte lanes). The buffer has
+        // three bytes of slack for the eight-byte stores.
+        let rb = trit_row_bytes(d);
+        for (g, rows) in trits.chunks_exact(TG * rb).enumerate().take(groups) {
+            let (r0, r1) = (&rows[..rb], &rows[rb..2 * rb]);
+            let (r2, r3) = (&rows[2 * rb..3 * rb], &rows[3 * rb..4 * rb]);
+            let out = &mut self.patterns[g * dp..][..dp + 3];
+            for (i, (((&b0, &b1), &b2), &b3)) in r0.iter().zip(r1).zip(r2).zip(r3).enumerate() {
+                let lanes = DIGITS[usize::from(b0)]
+                    + 3 * DIGITS[usize::from(b1)]
+                    + 9 * DIGITS[usize::from(b2)]
+                    + 27 * DIGITS[usize::from(b3)];
+                out[5 * i..5 * i + 8].copy_from_slice(&lanes.to_le_bytes());
             }
         }
         for ch in 0..nq.div_ceil(QW) {
@@ -1036,12 +1041,14 @@ impl ValueAccumulator {
                 extend_table::<9>(table, &w[2]);
                 extend_table::<27>(table, &w[3]);
             }
-            self.sums.fill([0.0; QW]);
-            for (table, pats) in self.tables.iter().zip(self.patterns.chunks_exact(d)) {
-                for (sum, &pat) in self.sums.iter_mut().zip(pats) {
-                    let row = &table[usize::from(pat)];
-                    *sum = core::array::from_fn(|j| sum[j] + row[j]);
+            let tables = &self.tables[..groups];
+            for (c, sum) in self.sums.iter_mut().enumerate() {
+                let mut s = [0.0f32; QW];
+                for (g, table) in tables.iter().enumerate() {
+                    let row = &table[usize::from(self.patterns[g * dp + c])];
+                    s = core::array::from_fn(|j| s[j] + row[j]);
                 }
+                *sum = s;
             }
             for j in 0..width {
                 let a = &mut acc[(ch * QW + j) * d..][..d];
@@ -1050,7 +1057,6 @@ impl ValueAccumulator {
                 }
             }
         }
-        let _ = groups;
     }
 }
 
