@@ -919,6 +919,55 @@ mod tests {
         ));
     }
 
+    /// Re-seals the header and the first layer header after an edit, so that the structural
+    /// checks (not the checksums) must catch it.
+    fn reseal(b: &mut [u8], layer_sum_at: usize) {
+        let sum = checksum(&b[..HEADER_CHECKSUM_AT]);
+        b[HEADER_CHECKSUM_AT..HEADER_BYTES].copy_from_slice(&sum.to_le_bytes());
+        let sum = checksum(&b[HEADER_BYTES..layer_sum_at]);
+        b[layer_sum_at..layer_sum_at + 8].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    #[test]
+    fn inconsistent_sizes_with_valid_checksums_are_named() {
+        let c = codec(Scheme::Vidkv, 64);
+        let good = sample(&c);
+        // layer 0: header 32 + names "k_post.0" "v.0" (11 → pad 16), no mask; checksum at 112
+        let sum_at = HEADER_BYTES + LAYER_HEADER_BYTES + 16;
+        let what = |b: &[u8]| match Container::parse(b) {
+            Err(Error::Container { what, .. }) => what,
+            other => panic!("expected a container error, got {other:?}"),
+        };
+        let mut b = good.clone();
+        b[HEADER_BYTES + 16] ^= 8; // layer length
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("layer length disagrees"), "{}", what(&b));
+        let mut b = good.clone();
+        b[HEADER_BYTES] += 1; // one more head than the file holds
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("layer length disagrees"), "{}", what(&b));
+        let mut b = good.clone();
+        b[HEADER_BYTES + 24] = 32; // a mask where the key scheme has none
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("mask size"), "{}", what(&b));
+        let mut b = good.clone();
+        b[28] += 1; // one layer more than present
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("truncated layer header"), "{}", what(&b));
+        let mut b = good.clone();
+        b[32] ^= 8; // file length
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("length in the header"), "{}", what(&b));
+        let mut b = good.clone();
+        b[12] = 15; // head_dim 15
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("head_dim"), "{}", what(&b));
+        let mut b = good;
+        b[HEADER_BYTES + LAYER_HEADER_BYTES] = 0xFF; // key name not UTF-8
+        reseal(&mut b, sum_at);
+        assert!(what(&b).contains("UTF-8"), "{}", what(&b));
+    }
+
     #[test]
     fn writer_rejects_wrong_sizes_and_masks() {
         let c = codec(Scheme::Vidkv, 64);
