@@ -53,6 +53,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::backend::{AttentionArgs, DType, DenseRows, HeadTensor, KvQuantBackend, SalientArgs};
@@ -1045,23 +1046,25 @@ fn f16_tensor<T>(data: &T, tokens: usize) -> HeadTensor<'_, T> {
 
 /// Converts inputs to f16, rejecting NaN/inf and magnitudes beyond the f16 range.
 fn to_f16<T: KvElement>(x: &[T]) -> Result<Vec<f16>> {
-    x.iter()
-        .enumerate()
-        .map(|(index, &e)| {
-            let v = e.to_f32();
-            if !v.is_finite() {
-                Err(Error::NonFinite { index })
-            } else if v.abs() > F16_MAX {
-                Err(Error::OutOfRange { index })
-            } else {
-                Ok(f16::from_f32(v))
-            }
-        })
-        .collect()
+    let values: Vec<f32> = x.iter().map(|e| e.to_f32()).collect();
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { index });
+    }
+    if let Some(index) = values.iter().position(|v| v.abs() > F16_MAX) {
+        return Err(Error::OutOfRange { index });
+    }
+    let mut out = vec![f16::ZERO; values.len()];
+    out.convert_from_f32_slice(&values);
+    Ok(out)
 }
 
+/// The little-endian bytes of f16 values.
 fn f16_bytes(x: &[f16]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(x).to_vec()
+    } else {
+        x.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
 }
 
 fn f32_bytes(x: &[f32]) -> Vec<u8> {

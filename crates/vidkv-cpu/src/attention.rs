@@ -1220,9 +1220,23 @@ impl<'a> SalientReader<'a> {
                 }
                 self.current = Some(gi);
             }
-            for c in 0..d {
-                let code = vidkv_core::pack::code_at(bits.get(), &block[codes.range()], r * d + c);
-                self.value[c] = self.lo[c] + f32::from(code) * self.step[c];
+            let first_bit = r * d * bits.get() as usize;
+            if first_bit.is_multiple_of(8) {
+                // Byte-aligned row: unpack it with the lookup table.
+                unpack_f32(
+                    bits.get(),
+                    &block[codes.range()][first_bit / 8..],
+                    &mut self.value,
+                );
+            } else {
+                for (c, v) in self.value.iter_mut().enumerate() {
+                    let code =
+                        vidkv_core::pack::code_at(bits.get(), &block[codes.range()], r * d + c);
+                    *v = f32::from(code);
+                }
+            }
+            for ((v, lo), step) in self.value.iter_mut().zip(&self.lo).zip(&self.step) {
+                *v = lo + *v * step;
             }
         } else {
             let r = k - self.group_count * g;

@@ -2,6 +2,7 @@
 
 use alloc::vec::Vec;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use vidkv_core::{Arithmetic, DType, Error, Result};
 
@@ -23,10 +24,19 @@ pub fn to_f32(dtype: DType, bytes: &[u8], arithmetic: Arithmetic) -> Result<Vec<
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        DType::F16 => {
+            // Through `half`'s slice conversion (F16C when available), 64 values at a time.
+            let mut out = alloc::vec![0.0f32; bytes.len() / 2];
+            let mut halves = [f16::ZERO; 64];
+            for (chunk, dst) in bytes.chunks(128).zip(out.chunks_mut(64)) {
+                let h = &mut halves[..dst.len()];
+                for (x, c) in h.iter_mut().zip(chunk.chunks_exact(2)) {
+                    *x = f16::from_le_bytes([c[0], c[1]]);
+                }
+                h.convert_to_f32_slice(dst);
+            }
+            out
+        }
         DType::BF16 => bytes
             .chunks_exact(2)
             .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())

@@ -598,3 +598,27 @@ fn fused_attention_matches_the_reference_on_shared_data() {
         real_layer(path, layer, 4);
     }
 }
+
+#[test]
+fn salient_rows_that_are_not_byte_aligned_and_odd_lane_counts() {
+    // D = 18: a salient row's 2-bit codes start mid-byte, and mixed keys have 9 FFT lanes.
+    let mut rng = Rng(31);
+    let (kv, qh, d, n) = (1, 4, 18, 300);
+    let idx: Vec<usize> = (0..n).filter(|t| t % 3 == 0).collect();
+    for scheme in [Scheme::Vidkv, Scheme::Pc2] {
+        let codec = codec(scheme, d, 32);
+        let mut cache = KvCache::new(ScalarBackend, config(codec, kv, qh, 32, 1)).unwrap();
+        let seq = cache.add_sequence().unwrap();
+        cache
+            .prefill(
+                seq,
+                &rng.keys(kv, n, d),
+                &rng.values(kv, n, d),
+                Salient::Indices(&idx),
+            )
+            .unwrap();
+        let q: Vec<f32> = (0..qh * d).map(|_| rng.normal()).collect();
+        let err = fused_vs_reference(&cache, seq, &q);
+        assert!(err < tolerance(&codec), "{}: {err}", scheme.name());
+    }
+}

@@ -2,7 +2,10 @@
 
 use alloc::vec::Vec;
 
-use vidkv_core::{Capability, ChannelMask, Codec, HeadTensor, KvQuantBackend, Operation, Result};
+use vidkv_core::backend::AttentionArgs;
+use vidkv_core::{
+    Capability, ChannelMask, Codec, Error, HeadTensor, KvQuantBackend, Operation, Result,
+};
 use vidkv_cpu::ScalarBackend;
 
 use crate::level::{self, Level};
@@ -103,5 +106,102 @@ impl KvQuantBackend for SimdBackend {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         ScalarBackend.decode_values(codec, encoded, blocks, out)
+    }
+
+    fn encode_values_masked(
+        &self,
+        codec: &Codec,
+        input: HeadTensor<'_, Vec<u8>>,
+        excluded: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        ScalarBackend.encode_values_masked(codec, input, excluded, out)
+    }
+
+    fn copy_bytes(
+        &self,
+        src: &Vec<u8>,
+        src_offset: usize,
+        dst: &mut Vec<u8>,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        ScalarBackend.copy_bytes(src, src_offset, dst, dst_offset, len)
+    }
+
+    fn write_bytes(&self, dst: &mut Vec<u8>, offset: usize, bytes: &[u8]) -> Result<()> {
+        ScalarBackend.write_bytes(dst, offset, bytes)
+    }
+
+    /// A streaming-cache job ([`AttentionArgs`]) through [`crate::attend_head`]: the sinks and
+    /// the residual ring are gathered into one contiguous f16 tail (attention does not depend on
+    /// token order). Jobs with salient tokens or a softmax scale other than `1/√D` run the scalar
+    /// kernel.
+    fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
+        let d = codec.head_dim();
+        let default_scale = 1.0 / libm::sqrtf(d as f32);
+        if args.salient.is_some() || args.scale != default_scale {
+            return ScalarBackend.attend(codec, args);
+        }
+        let short = |what, expected: usize, actual: usize| Error::ShapeMismatch {
+            what,
+            expected,
+            actual,
+        };
+        let row = d * 2;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for rows in [&args.sinks, &args.residual].into_iter().flatten() {
+            let bytes = rows.capacity * row;
+            if rows.keys.len() < bytes || rows.values.len() < bytes || rows.len > rows.capacity {
+                return Err(short(
+                    "f16 rows",
+                    bytes,
+                    rows.keys.len().min(rows.values.len()),
+                ));
+            }
+            for i in 0..rows.len {
+                let slot = (rows.start + i) % rows.capacity;
+                keys.extend_from_slice(&rows.keys[slot * row..][..row]);
+                values.extend_from_slice(&rows.values[slot * row..][..row]);
+            }
+        }
+        let (kb, vb) = (
+            args.blocks * codec.key_block_bytes(),
+            args.blocks * codec.value_block_bytes(),
+        );
+        let cache = crate::HeadCache {
+            key_blocks: args.key_blocks.get(..kb).ok_or(short(
+                "key blocks",
+                kb,
+                args.key_blocks.len(),
+            ))?,
+            value_blocks: args.value_blocks.get(..vb).ok_or(short(
+                "value blocks",
+                vb,
+                args.value_blocks.len(),
+            ))?,
+            blocks: args.blocks,
+            residual_keys: &keys,
+            residual_values: &values,
+            residual_tokens: keys.len() / row,
+        };
+        let queries: Vec<f32> = args
+            .queries
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if queries.len() != args.query_heads * d || args.out.len() != queries.len() * 4 {
+            return Err(short(
+                "attention queries/output",
+                args.query_heads * d,
+                queries.len(),
+            ));
+        }
+        let mut out = vec![0.0f32; queries.len()];
+        crate::attend_head(self.level, codec, &queries, &cache, &mut out)?;
+        for (chunk, v) in args.out.chunks_exact_mut(4).zip(out) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
     }
 }

@@ -138,49 +138,49 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 values: v.iter().map(|&x| f16::from_f32(x)).collect(),
             })
             .collect();
-        let backend = ScalarBackend;
-        let mut caches = Vec::new();
-        for &scheme in &schemes {
-            let (cache, prefill_ms) = packed_cache(&backend, scheme, shape, a, &data)?;
-            let (append_ms, appended) =
-                append_time(&backend, scheme, shape, a, &data[0].0, &data[0].1)?;
-            let input = |n: usize| (n * shape.kv_heads * shape.head_dim * 2 * 2) as f64;
-            encode_rows.push(EncodeRow {
-                kind: "encode",
-                backend: backend.name(),
-                scheme: scheme.name(),
-                tokens: t,
-                prefill_gb_per_s: input(t * a.batch) / (prefill_ms * 1e-3) / 1e9,
-                append_gb_per_s: input(appended) / (append_ms * 1e-3) / 1e9,
-                append_us_per_token: append_ms * 1e3 / appended.max(1) as f64,
-            });
-            caches.push((scheme, cache));
-        }
         let seqs: Vec<usize> = (0..a.batch).collect();
-        for &(th, bw) in &bandwidth {
-            let mut rows = Vec::new();
+        // Dense baselines (the scalar crate's kernels), per thread count.
+        let mut baselines = Vec::new();
+        for &(th, _) in &bandwidth {
             for (name, dense) in [("f32", &f32_caches), ("f16", &f16_caches)] {
                 let ms = fastest_ms(a.reps, || {
                     attend_dense(dense, shape.kv_heads, shape.head_dim, &q, &mut o, th)
                 });
                 let bytes = dense.iter().map(DenseCache::bytes).sum();
-                rows.push((backend.name(), name, ms, bytes));
+                baselines.push((th, name, ms, bytes));
             }
-            for (scheme, cache) in &caches {
-                let mut result = Ok(());
-                let ms = fastest_ms(a.reps, || {
-                    if result.is_ok() {
-                        result = attend_threaded(cache, &seqs, &q, &mut o, th);
-                    }
-                });
-                result?;
-                let m = cache.memory();
-                let bytes =
-                    m.key_blocks + m.value_blocks + m.salient_blocks + m.residual + m.metadata;
-                rows.push((backend.name(), scheme.name(), ms, bytes));
-            }
-            let f16_ms = rows[1].2;
-            for (backend, scheme, ms, bytes) in rows {
+        }
+        let mut rows = Vec::new();
+        let run = Run {
+            a,
+            shape,
+            data: &data,
+            q: &q,
+            seqs: &seqs,
+            bandwidth: &bandwidth,
+        };
+        run.packed(&ScalarBackend, &schemes, &mut rows, &mut encode_rows)?;
+        #[cfg(feature = "simd")]
+        run.packed(
+            &vidkv_simd::SimdBackend::new(),
+            &schemes,
+            &mut rows,
+            &mut encode_rows,
+        )?;
+        for &(th, bw) in &bandwidth {
+            let f16_ms = baselines
+                .iter()
+                .find(|b| b.0 == th && b.1 == "f16")
+                .map_or(f64::NAN, |b| b.2);
+            let dense = baselines
+                .iter()
+                .filter(|b| b.0 == th)
+                .map(|&(_, name, ms, bytes)| ("scalar", name, ms, bytes));
+            let packed = rows
+                .iter()
+                .filter(|r: &&(usize, &str, &str, f64, usize)| r.0 == th)
+                .map(|&(_, backend, scheme, ms, bytes)| (backend, scheme, ms, bytes));
+            for (backend, scheme, ms, bytes) in dense.chain(packed) {
                 let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
                 let row = StepRow {
                     kind: "attention",
@@ -223,8 +223,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     if !a.json {
         say(format!(
-            "\nencode (scalar encoders), GB/s of f16 input (K and V):\n{:<11} {:>7} {:>10} {:>10} {:>14}",
-            "scheme", "tokens", "prefill", "append", "µs/append"
+            "\nencode, GB/s of f16 input (K and V):\n{:<8} {:<11} {:>7} {:>10} {:>10} {:>14}",
+            "backend", "scheme", "tokens", "prefill", "append", "µs/append"
         ))
         .map_err(stdout_error)?;
     }
@@ -235,13 +235,76 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 .map_err(stdout_error)?
         } else {
             format!(
-                "{:<11} {:>7} {:>10.3} {:>10.3} {:>14.1}",
-                r.scheme, r.tokens, r.prefill_gb_per_s, r.append_gb_per_s, r.append_us_per_token
+                "{:<8} {:<11} {:>7} {:>10.3} {:>10.3} {:>14.1}",
+                r.backend,
+                r.scheme,
+                r.tokens,
+                r.prefill_gb_per_s,
+                r.append_gb_per_s,
+                r.append_us_per_token
             )
         };
         say(line).map_err(stdout_error)?;
     }
     Ok(())
+}
+
+/// What every backend's packed rows of one token count share.
+struct Run<'r> {
+    a: &'r BenchArgs,
+    shape: Shape,
+    data: &'r [(Vec<f32>, Vec<f32>)],
+    q: &'r [f32],
+    seqs: &'r [usize],
+    bandwidth: &'r [(usize, f64)],
+}
+
+impl Run<'_> {
+    /// Builds each scheme's cache on `backend`, times its decode step for every thread count
+    /// (rows: threads, backend, scheme, ms, bytes) and its prefill and appends.
+    fn packed<B>(
+        &self,
+        backend: &B,
+        schemes: &[Scheme],
+        rows: &mut Vec<(usize, &'static str, &'static str, f64, usize)>,
+        encode_rows: &mut Vec<EncodeRow>,
+    ) -> Result<()>
+    where
+        B: KvQuantBackend + Sync,
+        B::Buffer: Send + Sync,
+    {
+        let (a, shape) = (self.a, self.shape);
+        let tokens = self.data[0].0.len() / shape.kv_heads / shape.head_dim;
+        let mut o = vec![0.0f32; self.q.len()];
+        for &scheme in schemes {
+            let (cache, prefill_ms) = packed_cache(backend, scheme, shape, a, self.data)?;
+            let (append_ms, appended) =
+                append_time(backend, scheme, shape, a, &self.data[0].0, &self.data[0].1)?;
+            let input = |n: usize| (n * shape.kv_heads * shape.head_dim * 2 * 2) as f64;
+            encode_rows.push(EncodeRow {
+                kind: "encode",
+                backend: backend.name(),
+                scheme: scheme.name(),
+                tokens,
+                prefill_gb_per_s: input(tokens * a.batch) / (prefill_ms * 1e-3) / 1e9,
+                append_gb_per_s: input(appended) / (append_ms * 1e-3) / 1e9,
+                append_us_per_token: append_ms * 1e3 / appended.max(1) as f64,
+            });
+            let m = cache.memory();
+            let bytes = m.key_blocks + m.value_blocks + m.salient_blocks + m.residual + m.metadata;
+            for &(th, _) in self.bandwidth {
+                let mut result = Ok(());
+                let ms = fastest_ms(a.reps, || {
+                    if result.is_ok() {
+                        result = attend_threaded(&cache, self.seqs, self.q, &mut o, th);
+                    }
+                });
+                result?;
+                rows.push((th, backend.name(), scheme.name(), ms, bytes));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Salient flags of a vidkv-stp sequence: value norms as the score.
@@ -272,13 +335,13 @@ fn config(scheme: Scheme, shape: Shape, a: &BenchArgs) -> Result<CacheConfig> {
 }
 
 /// A packed cache with every sequence prefilled, and the prefill time in ms.
-fn packed_cache<'b>(
-    backend: &'b ScalarBackend,
+fn packed_cache<'b, B: KvQuantBackend>(
+    backend: &'b B,
     scheme: Scheme,
     shape: Shape,
     a: &BenchArgs,
     data: &[(Vec<f32>, Vec<f32>)],
-) -> Result<(KvCache<&'b ScalarBackend>, f64)> {
+) -> Result<(KvCache<&'b B>, f64)> {
     let mut cache = KvCache::new(backend, config(scheme, shape, a)?)?;
     let start = std::time::Instant::now();
     for (k, v) in data {
@@ -301,8 +364,8 @@ fn packed_cache<'b>(
 }
 
 /// Time to append `append_tokens` tokens one at a time to an empty sequence (ms), and how many.
-fn append_time(
-    backend: &ScalarBackend,
+fn append_time<B: KvQuantBackend>(
+    backend: &B,
     scheme: Scheme,
     shape: Shape,
     a: &BenchArgs,
