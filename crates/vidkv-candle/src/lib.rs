@@ -4,6 +4,8 @@
 //! * [`convert`] — candle `Tensor` ↔ vidkv's `[kv_heads, tokens, head_dim]` f32 rows;
 //! * [`cache`] — the pluggable per-layer cache ([`LayerCache`], [`CacheFactory`]): the f16
 //!   baseline and every vidkv scheme;
+//! * [`kvcache`] — the same trait over vidkv's own streaming [`vidkv_core::KvCache`] and its
+//!   fused attention ([`VidkvFactory`]);
 //! * [`attention`] — [`KvCacheAttention`], the drop-in attention step a model calls instead of
 //!   concatenating f16 K/V tensors;
 //! * `model`, `tokenizer` (feature `eval`) — a LLaMA-architecture GGUF forward pass written with
@@ -14,6 +16,7 @@ pub mod attention;
 pub mod cache;
 pub mod convert;
 pub mod error;
+pub mod kvcache;
 #[cfg(feature = "eval")]
 pub mod model;
 #[cfg(feature = "eval")]
@@ -25,3 +28,4 @@ pub use cache::{
     QuantFactory, Streaming,
 };
 pub use error::{Error, Result};
+pub use kvcache::{VidkvFactory, VidkvLayer};

@@ -274,3 +274,54 @@ fn drop_in_step_prefill_then_decode_matches_full_attention() {
     assert_eq!(more.dims(), &[1, 6, 2, d]);
     assert_eq!(kv.tokens(), 0); // layer 0 is still empty
 }
+
+#[test]
+fn vidkv_kvcache_layers_attend_like_their_dequantized_cache() {
+    use vidkv_candle::VidkvFactory;
+    use vidkv_candle::kvcache::parse_scheme;
+    let d = 64;
+    for name in [
+        "vidkv",
+        "vidkv-paper",
+        "vidkv-paper+gamma",
+        "kivi2",
+        "kivi4",
+        "pc2",
+    ] {
+        let (scheme, values) = parse_scheme(name).unwrap();
+        let f = VidkvFactory {
+            scheme,
+            values,
+            group: GroupSize::G32,
+            streaming: Streaming::default(),
+        };
+        assert_eq!(vidkv_candle::CacheFactory::name(&f), name);
+        let mut kv = KvCacheAttention::new(&f, 1, SHAPE).unwrap();
+        let t = 300;
+        kv.append(
+            0,
+            &t4(data(2 * t * d, d, 31), 2, t, d),
+            &t4(data(2 * t * d, d, 32), 2, t, d),
+        )
+        .unwrap();
+        let q = t4(data(6 * d, d, 33), 6, 1, d);
+        let got = kv
+            .attention(
+                0,
+                &q,
+                &t4(data(2 * d, d, 34), 2, 1, d),
+                &t4(data(2 * d, d, 35), 2, 1, d),
+            )
+            .unwrap();
+        assert_eq!(kv.tokens(), t + 1);
+        let (dk, dv) = kv.layer(0).unwrap().dequantized();
+        let want = full_attention(&q, &t4(dk, 2, t + 1, d), &t4(dv, 2, t + 1, d), 3, t).unwrap();
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        let diff = max_diff(&got, &want);
+        assert!(diff <= 0.05 * scale, "{name}: {diff} vs {scale}");
+        assert!(kv.memory_bytes() < 2 * 2 * 2 * (t + 1) * d);
+    }
+    assert!(parse_scheme("vidkv+nope").is_none());
+    assert!(parse_scheme("nope").is_none());
+}

@@ -12,13 +12,15 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use serde::Serialize;
 use vidkv_candle::model::{ChannelOrder, Llama, WeightMode};
 use vidkv_candle::tokenizer::GgufTokenizer;
 use vidkv_candle::{
     AttentionPath, CacheFactory, F16Factory, KvCacheAttention, QuantFactory, Result, Streaming,
+    VidkvFactory,
 };
-use vidkv_core::{Codec, GroupSize, HeadDim, Scheme};
+use vidkv_core::{Codec, GroupSize, HeadDim};
 
 /// The default evaluation text, shipped in the repository (see `data/README.md`).
 const DEFAULT_TEXT: &str = include_str!("../../data/rust-book-prose.txt");
@@ -41,8 +43,9 @@ struct Args {
     /// Evaluation text (default: the shipped Rust Book excerpt).
     #[arg(long)]
     text: Option<PathBuf>,
-    /// Text tokens used for the teacher-forced evaluation.
-    #[arg(long, default_value_t = 4096)]
+    /// Text tokens used for the teacher-forced evaluation (the shipped text has 9573; 2048
+    /// keeps a default run near 20 minutes on a 2-core machine).
+    #[arg(long, default_value_t = 2048)]
     tokens: usize,
     /// Tokens prefilled at full precision before decoding through the cache.
     #[arg(long, default_value_t = 512)]
@@ -63,7 +66,11 @@ struct Args {
     /// First tokens of a sequence kept in f16 forever (attention sinks).
     #[arg(long, default_value_t = 1)]
     sinks: usize,
-    /// Decode attention of the quantized caches: `fused` (vidkv-simd's kernel on the packed
+    /// Quantized cache implementation: `kvcache` (vidkv-core's streaming KvCache with
+    /// vidkv-cpu's fused attention) or `adapter` (this crate's QuantCache; see --attention).
+    #[arg(long, default_value = "kvcache")]
+    cache: String,
+    /// Decode attention of the adapter's QuantCache: `fused` (vidkv-simd's kernel on the packed
     /// blocks), `exact` (f32 over blocks decoded once: the quality reference) or `auto` (fused
     /// where vidkv-simd has a kernel for the scheme, exact otherwise).
     #[arg(long, default_value = "auto")]
@@ -85,6 +92,9 @@ struct Args {
     /// (candle's Q4_1 kernel, scalar and slow). All but `q8` use exactly the file's weights.
     #[arg(long, default_value = "q41")]
     weights: String,
+    /// Decode steps timed per scheme (alone) after the teacher-forced run.
+    #[arg(long, default_value_t = 32)]
+    speed_tokens: usize,
     /// Skip the teacher-forced evaluation.
     #[arg(long)]
     skip_eval: bool,
@@ -112,7 +122,9 @@ struct SchemeReport {
     top1_agreement: f64,
     /// Share of positions whose argmax is the true next token.
     top1_accuracy: f64,
-    /// Decode tokens per second (whole forward, teacher-forced run).
+    /// Context length of the speed measurement.
+    speed_context: usize,
+    /// Decode tokens per second (whole forward, this scheme alone, at `speed_context`).
     decode_tokens_per_s: f64,
     /// Mean time of the cache's attention step per token (all layers), µs.
     attention_us_per_token: f64,
@@ -183,6 +195,7 @@ impl Runner {
     }
 }
 
+/// A progress bar on stderr (drawn only when stderr is a terminal).
 fn bar(len: u64, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -198,6 +211,19 @@ fn bar(len: u64, quiet: bool) -> ProgressBar {
 }
 
 fn main() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // candle looks the thread count up on every CPU op; without the variable that reads
+        // /proc and sysfs each time and counts physical cores only (1 on a 2-vCPU machine).
+        // SAFETY: first statement of main, before any other thread exists.
+        unsafe {
+            std::env::set_var(
+                "RAYON_NUM_THREADS",
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .to_string(),
+            )
+        };
+    }
     let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
@@ -268,16 +294,31 @@ fn run(args: &Args) -> Result<()> {
         if name == "f16" {
             continue;
         }
-        let scheme = Scheme::from_name(name).map_err(|_| err(format!("unknown scheme {name}")))?;
-        factories.push(Box::new(QuantFactory {
-            scheme,
-            group,
-            streaming,
-            path,
-        }));
-        codecs.push(Some(Codec::new(
-            scheme.config(HeadDim::new(cfg.head_dim)?, group),
-        )?));
+        let (scheme, values) = vidkv_candle::kvcache::parse_scheme(name)
+            .ok_or_else(|| err(format!("unknown scheme {name}")))?;
+        match args.cache.as_str() {
+            "kvcache" => factories.push(Box::new(VidkvFactory {
+                scheme,
+                values,
+                group,
+                streaming,
+            })),
+            "adapter" if values.is_some() => {
+                return Err(err("`+values` variants need --cache kvcache".into()));
+            }
+            "adapter" => factories.push(Box::new(QuantFactory {
+                scheme,
+                group,
+                streaming,
+                path,
+            })),
+            c => return Err(err(format!("unknown cache {c} (kvcache or adapter)"))),
+        }
+        let mut config = scheme.config(HeadDim::new(cfg.head_dim)?, group);
+        if let Some(v) = values {
+            config.values = v;
+        }
+        codecs.push(Some(Codec::new(config)?));
     }
     let runner = Runner { model, factories };
     let n = runner.factories.len();
@@ -346,36 +387,30 @@ fn run(args: &Args) -> Result<()> {
         let mut kl = vec![0.0f64; n];
         let mut agree = vec![0usize; n];
         let mut correct = vec![0usize; n];
-        let mut time = vec![Duration::ZERO; n];
-        let mut attn = vec![Duration::ZERO; n];
-        let pb = bar((args.tokens - 1 - args.prefill) as u64, args.json);
+        let pb = bar((args.tokens - 1 - args.prefill) as u64, false);
         pb.set_message("teacher-forced");
         for t in args.prefill..args.tokens - 1 {
             let target = ids[t + 1] as usize;
-            let mut reference: Option<(Vec<f64>, u32)> = None;
-            for (s, cache) in caches.iter_mut().enumerate() {
-                let start = Instant::now();
-                let (logits, a) = runner.model.forward(&ids[t..=t], t, cache)?;
-                let logits = logits.to_vec1::<f32>()?;
-                time[s] += start.elapsed();
-                attn[s] += a;
-                let lp = log_softmax(&logits);
-                let top = argmax(&logits);
+            // Every scheme's step at once (rayon), then the metrics against f16 (index 0).
+            let steps: Vec<(Vec<f64>, u32)> = caches
+                .par_iter_mut()
+                .map(|cache| -> Result<(Vec<f64>, u32)> {
+                    let (logits, _) = runner.model.forward(&ids[t..=t], t, cache)?;
+                    let logits = logits.to_vec1::<f32>()?;
+                    Ok((log_softmax(&logits), argmax(&logits)))
+                })
+                .collect::<Result<_>>()?;
+            let (rlp, rtop) = &steps[0];
+            for (s, (lp, top)) in steps.iter().enumerate() {
                 nll[s] -= lp[target];
-                correct[s] += usize::from(top as usize == target);
-                match &reference {
-                    None => {
-                        agree[s] += 1;
-                        reference = Some((lp, top));
-                    }
-                    Some((rlp, rtop)) => {
-                        agree[s] += usize::from(top == *rtop);
-                        kl[s] += rlp
-                            .iter()
-                            .zip(&lp)
-                            .map(|(r, q)| r.exp() * (r - q))
-                            .sum::<f64>();
-                    }
+                correct[s] += usize::from(*top as usize == target);
+                agree[s] += usize::from(top == rtop);
+                if s > 0 {
+                    kl[s] += rlp
+                        .iter()
+                        .zip(lp)
+                        .map(|(r, q)| r.exp() * (r - q))
+                        .sum::<f64>();
                 }
             }
             pb.inc(1);
@@ -395,8 +430,29 @@ fn run(args: &Args) -> Result<()> {
             r.mean_kl = kl[s] / m;
             r.top1_agreement = agree[s] as f64 / m;
             r.top1_accuracy = correct[s] as f64 / m;
-            r.decode_tokens_per_s = m / time[s].as_secs_f64();
-            r.attention_us_per_token = attn[s].as_secs_f64() * 1e6 / m;
+        }
+        // Speed: each scheme alone (no other scheme running), `--speed-tokens` greedy decode
+        // steps continuing from the full cache.
+        if args.speed_tokens > 0 {
+            let pb = bar((n * args.speed_tokens) as u64, false);
+            pb.set_message("speed");
+            for (s, cache) in caches.iter_mut().enumerate() {
+                let (mut time, mut attn) = (Duration::ZERO, Duration::ZERO);
+                let mut last = ids[args.tokens - 1];
+                for i in 0..args.speed_tokens {
+                    let start = Instant::now();
+                    let (logits, a) = runner.model.forward(&[last], args.tokens + i, cache)?;
+                    last = argmax(&logits.to_vec1::<f32>()?);
+                    time += start.elapsed();
+                    attn += a;
+                    pb.inc(1);
+                }
+                let k = args.speed_tokens as f64;
+                reports[s].decode_tokens_per_s = k / time.as_secs_f64();
+                reports[s].attention_us_per_token = attn.as_secs_f64() * 1e6 / k;
+                reports[s].speed_context = args.tokens;
+            }
+            pb.finish_and_clear();
         }
     }
 
@@ -424,30 +480,30 @@ fn run(args: &Args) -> Result<()> {
                     .to_vec1::<f32>()?,
             )
         };
-        let pb = bar((n * args.gen_tokens) as u64, args.json);
+        let pb = bar((n * args.gen_tokens) as u64, false);
         pb.set_message("generation");
-        let mut reference: Vec<u32> = Vec::new();
-        for (s, cache) in caches.iter_mut().enumerate() {
-            let mut out = vec![first];
-            let mut pos = gen_prompt_ids.len();
-            while out.len() < args.gen_tokens {
-                let last = *out.last().expect("non-empty");
-                let (logits, _) = runner.model.forward(&[last], pos, cache)?;
-                out.push(argmax(&logits.to_vec1::<f32>()?));
-                pos += 1;
+        let outs: Vec<Vec<u32>> = caches
+            .par_iter_mut()
+            .map(|cache| -> Result<Vec<u32>> {
+                let mut out = vec![first];
+                let mut pos = gen_prompt_ids.len();
+                while out.len() < args.gen_tokens {
+                    let last = *out.last().expect("non-empty");
+                    let (logits, _) = runner.model.forward(&[last], pos, cache)?;
+                    out.push(argmax(&logits.to_vec1::<f32>()?));
+                    pos += 1;
+                    pb.inc(1);
+                }
                 pb.inc(1);
-            }
-            pb.inc(1);
+                Ok(out)
+            })
+            .collect::<Result<_>>()?;
+        for (s, out) in outs.iter().enumerate() {
             let r = &mut reports[s];
-            r.gen_text = Some(tokenizer.decode(&out)?);
-            if s == 0 {
-                reference = out;
-                r.gen_identical = Some(1.0);
-            } else {
-                let same = out.iter().zip(&reference).filter(|(a, b)| a == b).count();
-                r.gen_identical = Some(same as f64 / out.len() as f64);
-                r.gen_first_divergence = out.iter().zip(&reference).position(|(a, b)| a != b);
-            }
+            r.gen_text = Some(tokenizer.decode(out)?);
+            let same = out.iter().zip(&outs[0]).filter(|(a, b)| a == b).count();
+            r.gen_identical = Some(same as f64 / out.len() as f64);
+            r.gen_first_divergence = out.iter().zip(&outs[0]).position(|(a, b)| a != b);
         }
         pb.finish_and_clear();
     }
@@ -456,7 +512,13 @@ fn run(args: &Args) -> Result<()> {
         model: args.model.display().to_string(),
         channel_order: args.channel_order.clone(),
         device: "cpu".into(),
-        implementation: format!("QuantCache (packed blocks), attention {}", args.attention),
+        implementation: match args.cache.as_str() {
+            "kvcache" => "vidkv_core::KvCache (packed blocks, fused attention)".into(),
+            _ => format!(
+                "adapter QuantCache (packed blocks), attention {}",
+                args.attention
+            ),
+        },
         simd_level: vidkv_simd::active_level().name().into(),
         weights: args.weights.clone(),
         group: args.group,
