@@ -113,6 +113,8 @@ static inline u32 __byte_perm(u32 a, u32 b, u32 s) {
     return r;
 }
 static inline u32 prmt(u32 a, u32 b, u32 sel) { return __byte_perm(a, b, sel); }
+static inline u32 lop3_and_or(u32 a, u32 b, u32 c) { return (a & b) | c; }
+static inline u32 lop3_and_xor(u32 a, u32 b, u32 c) { return (a & b) ^ c; }
 static inline u32 __funnelshift_r(u32 lo, u32 hi, u32 n) {
     n &= 31;
     u64 v = ((u64)hi << 32) | lo;

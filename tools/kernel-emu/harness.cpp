@@ -3,6 +3,7 @@
 //   CASE_DIR/launches    one launch per line: KERNEL GRID_X GRID_Y BLOCK_X PARAMS_FILE
 // Writes CASE_DIR/arena.out (the memory after all launches, in order).
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     std::string dir = argv[1];
+    alarm(300);  // a deadlock in a kernel (threads at different barriers) ends the run
     std::map<std::string, Kernel> kernels = {
         {"vk_encode_keys", call<EncodeParams, vk_encode_keys>},
         {"vk_encode_values", call<EncodeParams, vk_encode_values>},

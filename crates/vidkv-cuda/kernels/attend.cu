@@ -88,7 +88,7 @@ VK_DEV SimtSmem simt_carve(u8* base, int d, int g, int warp) {
     SimtSmem s;
     s.qs = (float*)base;
     s.lut = (u16*)(s.qs + MAX_QH * d);
-    u8* per = (u8*)(s.lut + 244);
+    u8* per = (u8*)(s.lut + 256);
     int per_warp = (MAX_QH * d + g * MAX_QH) * 4 + 2 * d * 4;
     u8* mine = per + warp * per_warp;
     s.w = (float*)mine;
@@ -118,7 +118,7 @@ VK_DEV float adjoint_entry(const KCodec& c, const float* twid, int j, int n) {
 VK_DEV float value_at(const KCodec& c, const u8* vb, const u16* lut, int t, int ch) {
     if (c.val_kind == VAL_TERNARY) {
         u32 byte = vb[c.v_trits + t * c.trit_row + ch / 5];
-        u32 digit = (lut[byte > 242 ? 121 : byte] >> (2 * (ch % 5))) & 3u;
+        u32 digit = (lut[byte] >> (2 * (ch % 5))) & 3u;
         return ((float)(int)digit - 1.0f) * h2f(rd16(vb + c.v_scales + 2 * ch));
     }
     int bits = c.val_bits;
@@ -307,9 +307,10 @@ VK_DEV void simt_dense(const AttnParams& p, const AttnJob& job, SimtSmem s, Simt
     sync_warp();
 }
 
-// Builds the trit digit table: lut[x] = digits of x, 2 bits each, least significant first.
+// Builds the trit digit table: lut[x] = digits of x, 2 bits each, least significant first, for
+// every byte (bytes above 242 are invalid trit bytes; their entries only keep reads in bounds).
 VK_DEV void build_trit_lut(u16* lut) {
-    for (int x = threadIdx.x; x < 243; x += blockDim.x) {
+    for (int x = threadIdx.x; x < 256; x += blockDim.x) {
         u32 v = 0, r = (u32)x;
         for (int i = 0; i < 5; ++i) {
             v |= (r % 3) << (2 * i);
@@ -455,13 +456,14 @@ extern "C" __global__ void __launch_bounds__(SIMT_THREADS) vk_attend_simt(AttnPa
 
 struct TcSmem {
     u16 q16[128 * 8];                            // [channel][query] f16, scaled
-    u16 lut[256];                                // trit digits (243 used)
+    u16 lut[256];                                // trit digits
     u8 rank[TC_WARPS][128];                      // rank tables
     u8 stage[TC_WARPS][TC_STAGES][TC_STAGE];     // cp.async stages
 };
 
-VK_DEV u32 lop_mask_or(u32 x, u32 m, u32 c) { return (x & m) | c; }
-VK_DEV u32 lop_mask_xor(u32 x, u32 m, u32 c) { return (x & m) ^ c; }
+// (x & m) | c and (x & m) ^ c as one LOP3 each (written as C, nvcc splits them in two).
+VK_DEV u32 lop_mask_or(u32 x, u32 m, u32 c) { return lop3_and_or(x, m, c); }
+VK_DEV u32 lop_mask_xor(u32 x, u32 m, u32 c) { return lop3_and_xor(x, m, c); }
 
 struct TcState {
     float O[8][4];
@@ -469,15 +471,16 @@ struct TcState {
     float l[2];
 };
 
-// Issues the cp.async copies of item `it` (a packed block) into stage buffer `st`.
+// Issues the cp.async copies of block `b` (key block, then value block) into stage `st`.
 VK_DEV void tc_prefetch(const AttnJob& job, int b, u8* st) {
     const int lane = lane_id();
-    const u8* kg = (const u8*)job.key_blocks + (i64)b * TC_KB;
-    const u8* vg = (const u8*)job.value_blocks + (i64)b * TC_VB;
-    for (int ch = lane; ch < TC_STAGE / 16; ch += 32) {
-        int off = ch * 16;
-        const u8* src = off < TC_KB ? kg + off : vg + (off - TC_KB);
-        cp_async16(st + off, src);
+    const u8* kg = (const u8*)job.key_blocks + (i64)b * TC_KB + 16 * lane;
+    const u8* vg = (const u8*)job.value_blocks + (i64)b * TC_VB + 16 * lane;
+    u8* sk = st + 16 * lane;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+        if (lane + 32 * i < TC_KB / 16) cp_async16(sk + 512 * i, kg + 512 * i);
+        if (lane + 32 * i < TC_VB / 16) cp_async16(sk + TC_KB + 512 * i, vg + 512 * i);
     }
 }
 
@@ -553,7 +556,7 @@ VK_DEV void tc_value_pair(const u8* vb, const u16* lut, int t, int g, u32 a[16])
     const int bidx = g < 5 ? 0 : 1, dig = g < 5 ? g : g - 5;
     u32 x0 = (w[6] >> (8 * bidx)) & 0xffu;         // row t, byte 24 + bidx
     u32 x1 = (w[12] >> (8 * (2 + bidx))) & 0xffu;  // row t+1, byte 50 + bidx
-    u32 v = (u32)lut[x0 > 242 ? 121 : x0] | ((u32)lut[x1 > 242 ? 121 : x1] << 16);
+    u32 v = (u32)lut[x0] | ((u32)lut[x1] << 16);
     a[15] = lop_mask_or(rotr(v, (u32)(2 * dig - 8) & 31u), 0x03000300u, 0x44004400u);
 }
 

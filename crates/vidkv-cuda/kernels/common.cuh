@@ -187,6 +187,16 @@ VK_DEV u32 hmul2(u32 a, u32 b) {
     return r;
 }
 VK_DEV u32 prmt(u32 a, u32 b, u32 sel) { return __byte_perm(a, b, sel); }
+VK_DEV u32 lop3_and_or(u32 a, u32 b, u32 c) {  // (a & b) | c
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+VK_DEV u32 lop3_and_xor(u32 a, u32 b, u32 c) {  // (a & b) ^ c
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
 VK_DEV u32 rotr(u32 x, u32 n) { return __funnelshift_r(x, x, n); }
 VK_DEV u32 rotl(u32 x, u32 n) { return __funnelshift_l(x, x, n); }
 VK_DEV u32 fshr(u32 lo, u32 hi, u32 n) { return __funnelshift_r(lo, hi, n); }

@@ -16,8 +16,8 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) vk_decode_keys(DecodeP
     float* out = (float*)p.out + (i64)blk * g * d;
     u64* errors = (u64*)p.errors;
     const u64 base = (u64)blk * c.key_block_bytes;
-    __shared__ int bad;
-    if (tid == 0) bad = 0;
+    __shared__ int bad, bad_fields;  // one flag per checking phase: no thread reads a flag that
+    if (tid == 0) bad = bad_fields = 0;  // another may still write
     sync_block();
 
     if (c.key_kind == KEY_PERCHANNEL) {
@@ -26,7 +26,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) vk_decode_keys(DecodeP
             u16 lo = rd16(in + c.k_params + 4 * ch), st = rd16(in + c.k_params + 4 * ch + 2);
             if (!h_finite(lo) || !h_finite(st) || h_negative(st)) {
                 report(errors, ERR_SLOT_CORRUPT, base + c.k_params + 4 * ch, CORRUPT_PARAMS);
-                bad = 1;
+                atomic_add_i32(&bad, 1);
             }
         }
         sync_block();
@@ -70,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) vk_decode_keys(DecodeP
         }
         if (tid == 0 && (stray || count != k)) {
             report(errors, ERR_SLOT_CORRUPT, base + c.k_mask, CORRUPT_MASK);
-            bad = 1;
+            atomic_add_i32(&bad, 1);
         }
     }
     sync_block();
@@ -79,18 +79,18 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) vk_decode_keys(DecodeP
         u16 lo = rd16(in + c.k_oparams + 4 * i), st = rd16(in + c.k_oparams + 4 * i + 2);
         if (!h_finite(lo) || !h_finite(st) || h_negative(st)) {
             report(errors, ERR_SLOT_CORRUPT, base + c.k_oparams + 4 * i, CORRUPT_PARAMS);
-            bad = 1;
+            atomic_add_i32(&bad_fields, 1);
         }
     }
     for (int j = tid; j < m; j += DEC_THREADS) {
         u16 s = rd16(in + c.k_lscales + 2 * j);
         if (!h_finite(s) || h_negative(s)) {
             report(errors, ERR_SLOT_CORRUPT, base + c.k_lscales + 2 * j, CORRUPT_LANE_SCALE);
-            bad = 1;
+            atomic_add_i32(&bad_fields, 1);
         }
     }
     sync_block();
-    if (bad) return;
+    if (bad_fields) return;
     // Outlier channels.
     for (int e = tid; e < g * k; e += DEC_THREADS) {
         int t = e / k, i = e % k;
@@ -170,14 +170,14 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) vk_decode_values(Decod
             u16 s = rd16(in + c.v_scales + 2 * ch);
             if (!h_finite(s) || h_negative(s)) {
                 report(errors, ERR_SLOT_CORRUPT, base + c.v_scales + 2 * ch, CORRUPT_TERNARY_SCALE);
-                bad = 1;
+                atomic_add_i32(&bad, 1);
             }
         }
         for (int e = tid; e < g * c.trit_row; e += DEC_THREADS) {
             if (in[c.v_trits + e] > 242) {
                 int t = e / c.trit_row;
                 report(errors, ERR_SLOT_CORRUPT, base + c.v_trits + t * c.trit_row, CORRUPT_TRIT);
-                bad = 1;
+                atomic_add_i32(&bad, 1);
             }
         }
         sync_block();
@@ -203,7 +203,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) vk_decode_values(Decod
         u16 lo = rd16(in + c.v_params + 4 * i), st = rd16(in + c.v_params + 4 * i + 2);
         if (!h_finite(lo) || !h_finite(st) || h_negative(st)) {
             report(errors, ERR_SLOT_CORRUPT, base + c.v_params + 4 * i, CORRUPT_PARAMS);
-            bad = 1;
+            atomic_add_i32(&bad, 1);
         }
     }
     sync_block();

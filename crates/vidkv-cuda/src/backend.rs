@@ -209,10 +209,29 @@ impl CudaBackend {
     /// [`Self::launch_prepared`] (benchmarks, CUDA-graph capture). The buffers behind `jobs` must
     /// stay valid while the prepared step is launched.
     pub fn prepare_attention(&self, codec: &Codec, jobs: &[AttnJob]) -> Result<PreparedAttention> {
+        self.prepare_attention_with(codec, jobs, true)
+    }
+
+    /// [`Self::prepare_attention`] with the tensor-core kernel allowed or not (`false` forces the
+    /// generic kernel, for cross-checks).
+    pub fn prepare_attention_with(
+        &self,
+        codec: &Codec,
+        jobs: &[AttnJob],
+        tensor_cores: bool,
+    ) -> Result<PreparedAttention> {
         self.make_current()?;
         let mut runner = self.runner.lock().map_err(|_| poisoned())?;
         // SAFETY: the jobs' addresses come from the caller, who keeps them valid (documented).
-        unsafe { runner.prepare(&self.kernels, codec, jobs, self.stream.as_inner()) }
+        unsafe {
+            runner.prepare(
+                &self.kernels,
+                codec,
+                jobs,
+                tensor_cores,
+                self.stream.as_inner(),
+            )
+        }
     }
 
     /// Launches a step prepared by [`Self::prepare_attention`] (no later `prepare_attention` or

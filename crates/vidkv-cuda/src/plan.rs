@@ -521,7 +521,7 @@ pub const TC_SMEM: usize = 128 * 8 * 2 + 256 * 2 + 4 * 128 + 4 * 4 * 2256;
 pub fn simt_smem(codec: &Codec, bps: usize) -> usize {
     let (d, g) = (codec.head_dim(), codec.group());
     let q = MAX_QUERY_HEADS;
-    let carve = 4 * q * d + 2 * 244 + 4 * ((q * d + g * q) * 4 + 2 * d * 4) + 4 * (bps + 1);
+    let carve = 4 * q * d + 2 * 256 + 4 * ((q * d + g * q) * 4 + 2 * d * 4) + 4 * (bps + 1);
     let scratch = 4 * 4 * q * (d + 2);
     carve.max(scratch)
 }

@@ -76,7 +76,9 @@ impl RawAttention {
         }
         // SAFETY: forwarded contract (addresses, context and stream).
         unsafe {
-            let prepared = self.runner.prepare(&self.kernels, codec, jobs, stream)?;
+            let prepared = self
+                .runner
+                .prepare(&self.kernels, codec, jobs, true, stream)?;
             self.runner.launch(&self.kernels, &prepared, stream)
         }
     }

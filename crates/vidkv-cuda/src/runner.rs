@@ -98,7 +98,8 @@ impl AttentionRunner {
         Ok(out)
     }
 
-    /// Plans the launch of `jobs` and uploads the job table on `stream`.
+    /// Plans the launch of `jobs` and uploads the job table on `stream` (`tensor_cores: false`
+    /// forces the generic kernel).
     ///
     /// # Safety
     ///
@@ -109,6 +110,7 @@ impl AttentionRunner {
         kernels: &CudaKernels,
         codec: &Codec,
         jobs: &[AttnJob],
+        tensor_cores: bool,
         stream: cu::CUstream,
     ) -> Result<PreparedAttention> {
         if let Some(j) = jobs
@@ -123,11 +125,12 @@ impl AttentionRunner {
                 },
             });
         }
-        let aligned = jobs.iter().all(|j| {
-            (j.key_blocks | j.value_blocks) % 16 == 0
-                && (j.queries | j.out) % 4 == 0
-                && j.dense.iter().all(|d| (d.keys | d.values) % 4 == 0)
-        });
+        let aligned = tensor_cores
+            && jobs.iter().all(|j| {
+                (j.key_blocks | j.value_blocks) % 16 == 0
+                    && (j.queries | j.out) % 4 == 0
+                    && j.dense.iter().all(|d| (d.keys | d.values) % 4 == 0)
+            });
         let shapes: Vec<JobShape> = jobs
             .iter()
             .map(|j| JobShape {

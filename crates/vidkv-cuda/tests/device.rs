@@ -1,50 +1,51 @@
-//! Device tests: they need a CUDA device and say so visibly when there is none.
+//! Device tests: the conformance suite, the streaming-cache scenarios and buffer plumbing on a
+//! real GPU. Without a device they say "no CUDA device: skipped" and pass.
 #![cfg(feature = "cuda")]
 
-use vidkv_core::{
-    Capability, Codec, DType, Error, GroupSize, HeadDim, HeadTensor, KvQuantBackend, Operation,
-    Scheme,
-};
+mod common;
+
+use vidkv_core::{Error, KvQuantBackend};
 use vidkv_cuda::CudaBackend;
 
-const OPERATIONS: [Operation; 5] = [
-    Operation::EncodeKeys,
-    Operation::DecodeKeys,
-    Operation::EncodeValues,
-    Operation::DecodeValues,
-    Operation::Attend,
-];
-
-/// The backend, or `None` after printing why the device tests are skipped.
-fn backend() -> Option<CudaBackend> {
-    match CudaBackend::new() {
-        Ok(backend) => Some(backend),
-        Err(e) => {
-            assert!(
-                matches!(
-                    e,
-                    Error::Backend {
-                        backend: "cuda",
-                        ..
-                    }
-                ),
-                "unexpected error kind: {e:?}"
-            );
-            eprintln!("no CUDA device: skipped ({e})");
-            None
+/// The backend, or a visible skip of the calling test.
+macro_rules! cuda_or_skip {
+    () => {
+        match CudaBackend::new() {
+            Ok(b) => b,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e,
+                        Error::Backend {
+                            backend: "cuda",
+                            ..
+                        }
+                    ),
+                    "unexpected error kind: {e:?}"
+                );
+                eprintln!("no CUDA device: skipped ({e})");
+                return;
+            }
         }
-    }
+    };
 }
 
+conformance::suite!(cuda, optional CudaBackend::new());
+
 #[test]
-fn device_buffers_and_capabilities() {
-    let Some(backend) = backend() else { return };
+fn cuda_streaming_cache_scenarios() {
+    let backend = cuda_or_skip!();
     eprintln!(
         "CUDA device: {}",
         backend.device_name().unwrap_or_else(|e| e.to_string())
     );
-    assert_eq!(backend.name(), "cuda");
+    common::check_scenarios(|| &backend);
+}
 
+#[test]
+fn cuda_device_buffers() {
+    let backend = cuda_or_skip!();
+    assert_eq!(backend.name(), "cuda");
     // Bytes round-trip through device memory, including the empty buffer.
     for len in [0usize, 1, 7, 4096, 1 << 20] {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
@@ -57,40 +58,12 @@ fn device_buffers_and_capabilities() {
         backend.download(&zeroed).expect("download"),
         vec![0u8; 1000]
     );
-
-    // No kernels yet: every operation is reported unsupported, and calling one says so.
-    let head_dim = HeadDim::new(64).unwrap();
-    let group = GroupSize::new(32).unwrap();
-    for scheme in Scheme::ALL {
-        let codec = Codec::new(scheme.config(head_dim, group)).unwrap();
-        for op in OPERATIONS {
-            assert!(
-                matches!(backend.capability(op, &codec), Capability::Unsupported(_)),
-                "{} {}",
-                scheme.name(),
-                op.name()
-            );
-        }
-        let input = backend.upload(&vec![0u8; 32 * 64 * 2]).unwrap();
-        let mut out = backend.alloc(codec.value_block_bytes()).unwrap();
-        let tensor = HeadTensor {
-            data: &input,
-            dtype: DType::F16,
-            tokens: 32,
-        };
-        let err = backend
-            .encode_values(&codec, tensor, &mut out)
-            .expect_err("encode_values has no kernel");
-        assert!(
-            matches!(
-                err,
-                Error::Unsupported {
-                    backend: "cuda",
-                    operation: "encode_values",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-    }
+    // Device-to-device and host-to-device pieces.
+    let src = backend.upload(&[1, 2, 3, 4, 5]).unwrap();
+    let mut dst = backend.alloc(8).unwrap();
+    backend.copy_bytes(&src, 1, &mut dst, 2, 3).unwrap();
+    backend.write_bytes(&mut dst, 6, &[9, 9]).unwrap();
+    assert_eq!(backend.download(&dst).unwrap(), [0, 0, 2, 3, 4, 0, 9, 9]);
+    assert!(backend.copy_bytes(&src, 4, &mut dst, 0, 2).is_err());
+    assert!(backend.write_bytes(&mut dst, 7, &[1, 2]).is_err());
 }

@@ -106,7 +106,7 @@ impl EmuBackend {
         input: HeadTensor<'_, Vec<u8>>,
         outliers: Option<&ChannelMask>,
         excluded: Option<&[u8]>,
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<()> {
         let blocks = plan::check_encode(
             codec,
