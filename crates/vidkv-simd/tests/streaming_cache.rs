@@ -43,13 +43,23 @@ fn simd_backend_runs_the_cache_through_the_trait() {
         simd.prefill(a, &k, &v, marks).unwrap();
         scalar.prefill(b, &k, &v, marks).unwrap();
         for h in 0..kv {
-            assert_eq!(simd.key_blocks(a, h).unwrap(), scalar.key_blocks(b, h).unwrap());
-            assert_eq!(simd.value_blocks(a, h).unwrap(), scalar.value_blocks(b, h).unwrap());
+            assert_eq!(
+                simd.key_blocks(a, h).unwrap(),
+                scalar.key_blocks(b, h).unwrap()
+            );
+            assert_eq!(
+                simd.value_blocks(a, h).unwrap(),
+                scalar.value_blocks(b, h).unwrap()
+            );
         }
         let (mut o1, mut o2) = (vec![0.0; q.len()], vec![0.0; q.len()]);
         simd.attend(a, &q, &mut o1).unwrap();
         scalar.attend(b, &q, &mut o2).unwrap();
         let tolerance = if salient { 1e-6 } else { 0.04 };
-        assert!(rel(&o1, &o2) < tolerance, "salient {salient}: {}", rel(&o1, &o2));
+        assert!(
+            rel(&o1, &o2) < tolerance,
+            "salient {salient}: {}",
+            rel(&o1, &o2)
+        );
     }
 }
