@@ -580,11 +580,17 @@ impl KeyScorer {
         }
     }
 
-    /// Constants and code weights of the code channels `channels` (their parameters start the
-    /// section, in this order).
+    /// Constants and code weights of `n` code channels (their parameters start the section, in
+    /// this order): the channels `channels`, or `0..n` for `None`.
     #[inline(never)]
-    fn code_channels(&mut self, section: &[u8], offset: usize, channels: &[usize]) -> Result<()> {
-        let (d, n) = (self.d, channels.len());
+    fn code_channels(
+        &mut self,
+        section: &[u8],
+        offset: usize,
+        channels: Option<&[usize]>,
+        n: usize,
+    ) -> Result<()> {
+        let d = self.d;
         read_affine(
             section,
             offset,
@@ -597,13 +603,10 @@ impl KeyScorer {
             let qt = &self.qt[ch * d..][..d];
             let mut constant = [0.0f32; QW];
             let weights = &mut self.code_w[ch * n..][..n];
-            for (((w, &c), &lo), &step) in weights
-                .iter_mut()
-                .zip(channels)
-                .zip(&self.lo)
-                .zip(&self.step)
+            for (i, ((w, &lo), &step)) in
+                weights.iter_mut().zip(&self.lo).zip(&self.step).enumerate()
             {
-                let q = qt[c];
+                let q = qt[channels.map_or(i, |c| c[i])];
                 constant = core::array::from_fn(|j| constant[j] + q[j] * lo);
                 *w = q.map(|x| x * step);
             }
@@ -627,8 +630,7 @@ impl KeyScorer {
                 codes,
             } => {
                 let d = self.d;
-                let all: Vec<usize> = (0..d).collect();
-                self.code_channels(&block[params.range()], params.offset, &all)?;
+                self.code_channels(&block[params.range()], params.offset, None, d)?;
                 unpack_f32(bits.get(), &block[codes.range()], &mut self.codes[..d * G]);
                 self.weighted_rows::<G>(d, scores);
                 Ok(())
@@ -674,7 +676,8 @@ impl KeyScorer {
         self.code_channels(
             &block[outlier_params.range()],
             outlier_params.offset,
-            &st.outliers,
+            Some(&st.outliers),
+            k,
         )?;
         // Lanes: w·ẑ = Σ_j w_j·ca_j·s_j + Σ_j w_j·cb_j·s_j·bit_j.
         read_f16s(
