@@ -42,7 +42,7 @@ part() {  # part NAME SECONDS COMMAND... : runs with a timeout, logs the exit st
     shift 2
     local start=$SECONDS rc=0
     timeout "$secs" "$@" || rc=$?
-    echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/status.txt"
+    echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/machine.txt"
 }
 
 run() {
@@ -63,11 +63,11 @@ run() {
         case "$p" in
         bench)
             part bench 150 sh -c "device-bin/vidkv-cuda-bench ${bench_args[*]} \
-                > '$OUT/bench.jsonl' 2> '$OUT/bench.err'"
+                > '$OUT/bench.jsonl' 2>> '$OUT/stderr.txt'"
             ;;
         sdpa)
             part sdpa 150 sh -c "python3 scripts/sdpa_bench.py --batch ${BATCHES[*]} \
-                --tokens ${TOKENS[*]} > '$OUT/sdpa.jsonl' 2> '$OUT/sdpa.err'"
+                --tokens ${TOKENS[*]} > '$OUT/sdpa.jsonl' 2>> '$OUT/stderr.txt'"
             python3 scripts/h200_summary.py "$OUT/bench.jsonl" "$OUT/sdpa.jsonl" \
                 > "$OUT/summary.md" 2>&1 || true
             ;;
@@ -81,15 +81,18 @@ run() {
                 ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer \
                     2>/dev/null | head -1 || true)
             if [ -z "$cs" ]; then
-                echo "compute-sanitizer not found on this machine" | tee "$OUT/sanitizer.txt"
+                echo "compute-sanitizer not found on this machine" | tee -a "$OUT/machine.txt"
                 continue
             fi
-            # Reduced runs: every kernel is exercised, each property with 2 cases.
-            part memcheck 110 sh -c "PROPTEST_CASES=2 '$cs' --tool memcheck --error-exitcode 9 \
-                device-bin/vidkv-cuda-device-test --test-threads 1 > '$OUT/memcheck.txt' 2>&1"
+            # Reduced runs: every kernel (encoders, decoders, both attention kernels) is
+            # exercised; the properties with 2 cases each.
+            echo "compute-sanitizer: $cs" >> "$OUT/machine.txt"
+            part memcheck 120 sh -c "PROPTEST_CASES=2 '$cs' --tool memcheck --error-exitcode 9 \
+                device-bin/vidkv-cuda-device-test --test-threads 1 cuda_streaming cuda::encode \
+                cuda::decode cuda::rejects cuda::damaged > '$OUT/memcheck.txt' 2>&1"
             part racecheck 90 sh -c "PROPTEST_CASES=1 '$cs' --tool racecheck --error-exitcode 9 \
-                device-bin/vidkv-cuda-device-test --test-threads 1 \
-                cuda_streaming encode decode > '$OUT/racecheck.txt' 2>&1"
+                device-bin/vidkv-cuda-device-test --test-threads 1 cuda_streaming \
+                cuda::encode cuda::decode > '$OUT/racecheck.txt' 2>&1"
             ;;
         *)
             echo "unknown part $p" >&2
@@ -97,7 +100,7 @@ run() {
             ;;
         esac
     done
-    cat "$OUT/status.txt"
+    cat "$OUT/machine.txt"
 }
 
 case "${1:-}" in

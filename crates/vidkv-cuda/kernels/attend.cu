@@ -632,8 +632,10 @@ VK_DEV void tc_block(const AttnParams& p, TcSmem& sm, TcState& st, const u8* kb,
             lb[kt][1] = qf[4 + kt][1];
         }
     }
-    // 5. Scores.
-    float S[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    // 5. Scores, accumulated onto the constant term (the lane constant of PaperCompat is added
+    // after the lane k-tiles).
+    const float k0 = cst[0] + bias[0], k1 = cst[1] + bias[1];
+    float S[2][4] = {{k0, k1, k0, k1}, {k0, k1, k0, k1}};
     const u32 rho = (u32)(2 * g - 8) & 31u;
 #pragma unroll
     for (int kt = 0; kt < 4; ++kt) {
@@ -679,22 +681,30 @@ VK_DEV void tc_block(const AttnParams& p, TcSmem& sm, TcState& st, const u8* kb,
         mma_16816(S[0], A0, lb[kt]);
         mma_16816(S[1], A1, lb[kt]);
     }
-    const float k0 = cst[0] + bias[0] + pc[0], k1 = cst[1] + bias[1] + pc[1];
+    if (paper) {
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-        S[mt][0] += k0;
-        S[mt][1] += k1;
-        S[mt][2] += k0;
-        S[mt][3] += k1;
+        for (int mt = 0; mt < 2; ++mt) {
+            S[mt][0] += pc[0];
+            S[mt][1] += pc[1];
+            S[mt][2] += pc[0];
+            S[mt][3] += pc[1];
+        }
     }
     // 6. Softmax.
     u32 pb[2][2];
     float psum[2];
     tc_softmax(st, S, pb, psum);
-    // 7. Values.
+    // 7. Values: C starts at -5 sum_t p_t, so that C = sum_t p_t (4 + d_t) - 5 sum_t p_t
+    // = sum_t p_t trit_t.
+    const float b0 = -5.0f * psum[0], b1 = -5.0f * psum[1];
     float cv[8][4];
 #pragma unroll
-    for (int mt = 0; mt < 8; ++mt) cv[mt][0] = cv[mt][1] = cv[mt][2] = cv[mt][3] = 0.f;
+    for (int mt = 0; mt < 8; ++mt) {
+        cv[mt][0] = b0;
+        cv[mt][1] = b1;
+        cv[mt][2] = b0;
+        cv[mt][3] = b1;
+    }
 #pragma unroll
     for (int kt = 0; kt < 2; ++kt) {
         u32 a0[16], a1[16];
@@ -706,15 +716,14 @@ VK_DEV void tc_block(const AttnParams& p, TcSmem& sm, TcState& st, const u8* kb,
             mma_16816(cv[mt], A, pb[kt]);
         }
     }
-    const float b0 = 5.0f * psum[0], b1 = 5.0f * psum[1];
 #pragma unroll
     for (int mt = 0; mt < 8; ++mt) {
         float s0 = h2f(*(const u16*)(vb + 2 * tc_channel(g, 2 * mt)));
         float s1 = h2f(*(const u16*)(vb + 2 * tc_channel(g, 2 * mt + 1)));
-        st.O[mt][0] += s0 * (cv[mt][0] - b0);
-        st.O[mt][1] += s0 * (cv[mt][1] - b1);
-        st.O[mt][2] += s1 * (cv[mt][2] - b0);
-        st.O[mt][3] += s1 * (cv[mt][3] - b1);
+        st.O[mt][0] += s0 * cv[mt][0];
+        st.O[mt][1] += s0 * cv[mt][1];
+        st.O[mt][2] += s1 * cv[mt][2];
+        st.O[mt][3] += s1 * cv[mt][3];
     }
 }
 

@@ -42,7 +42,7 @@ impl CudaBackend {
     /// 8.0 or newer).
     ///
     /// Fails with [`Error::Backend`] (backend `"cuda"`) when there is no driver or no device; the
-    /// message then starts with "no CUDA device".
+    /// message then starts with "no CUDA device" ([`CudaBackend::is_no_device`]).
     pub fn new() -> Result<Self> {
         let context = cust::quick_init().map_err(|e| cuda_error("initialisation", e))?;
         let device = Device::get_device(0).map_err(|e| cuda_error("cuDeviceGet", e))?;
@@ -56,6 +56,12 @@ impl CudaBackend {
             device,
             context,
         })
+    }
+
+    /// Whether `e` (from [`Self::new`]) means that there is no CUDA device or driver, as
+    /// opposed to a device that fails.
+    pub fn is_no_device(e: &Error) -> bool {
+        matches!(e, Error::Backend { backend: "cuda", message } if message.starts_with("no CUDA device"))
     }
 
     /// The device's name as the driver reports it (e.g. "NVIDIA H200").
@@ -292,6 +298,10 @@ impl KvQuantBackend for CudaBackend {
 
     fn alloc(&self, bytes: usize) -> Result<Self::Buffer> {
         self.make_current()?;
+        if bytes == 0 {
+            // No allocation and no memset of a null pointer.
+            return DeviceBuffer::from_slice(&[]).map_err(|e| cuda_error("alloc", e));
+        }
         DeviceBuffer::zeroed(bytes).map_err(|e| cuda_error("alloc (cuMemAlloc)", e))
     }
 

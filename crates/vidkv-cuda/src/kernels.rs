@@ -82,7 +82,8 @@ unsafe impl Sync for Func {}
 /// The vidkv kernels loaded into one CUDA context.
 #[derive(Debug)]
 pub struct CudaKernels {
-    functions: Vec<(Kernel, Func)>,
+    /// Each kernel with the most dynamic shared memory it may be launched with.
+    functions: Vec<(Kernel, Func, usize)>,
     // Declared after `functions`: the modules outlive the handles taken from them.
     _modules: Vec<Module>,
     sms: usize,
@@ -122,16 +123,27 @@ impl CudaKernels {
                 .get_function(k.name())
                 .map_err(|e| cuda_error("cuModuleGetFunction", e))?
                 .to_raw();
-            // SAFETY: `f` is a live function handle of a loaded module; the attribute value is
-            // the device's opt-in maximum, which the driver accepts.
+            // Static and dynamic shared memory together may not exceed the opt-in maximum.
+            let mut static_smem = 0i32;
+            // SAFETY: `f` is a live function handle; `static_smem` a valid out-pointer.
+            check("cuFuncGetAttribute", unsafe {
+                cu::cuFuncGetAttribute(
+                    &mut static_smem,
+                    cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                    f,
+                )
+            })?;
+            let dynamic = (max_smem - static_smem).max(0);
+            // SAFETY: `f` is a live function handle of a loaded module; the value is within the
+            // device's opt-in maximum minus the kernel's static shared memory.
             check("cuFuncSetAttribute", unsafe {
                 cu::cuFuncSetAttribute(
                     f,
                     cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    max_smem,
+                    dynamic,
                 )
             })?;
-            functions.push((k, Func(f)));
+            functions.push((k, Func(f), dynamic as usize));
         }
         Ok(Self {
             functions,
@@ -152,11 +164,11 @@ impl CudaKernels {
         self.compute_major
     }
 
-    fn function(&self, k: Kernel) -> cu::CUfunction {
+    fn function(&self, k: Kernel) -> (cu::CUfunction, usize) {
         self.functions
             .iter()
-            .find(|(kk, _)| *kk == k)
-            .map(|(_, f)| f.0)
+            .find(|(kk, _, _)| *kk == k)
+            .map(|(_, f, max)| (f.0, *max))
             .expect("every kernel is loaded")
     }
 
@@ -172,11 +184,13 @@ impl CudaKernels {
         if launch.grid.0 == 0 || launch.grid.1 == 0 {
             return Ok(());
         }
-        if launch.smem as usize > self.max_smem {
+        let (function, max_dynamic) = self.function(launch.kernel);
+        if launch.smem as usize > max_dynamic {
             return Err(Error::Backend {
                 backend: "cuda",
                 message: format!(
-                    "{} needs {} bytes of shared memory, the device allows {}",
+                    "{} needs {} bytes of shared memory, the device allows {max_dynamic} \
+                     (opt-in maximum {})",
                     launch.kernel.name(),
                     launch.smem,
                     self.max_smem
@@ -191,7 +205,7 @@ impl CudaKernels {
         // it (see this function's contract).
         check(launch.kernel.name(), unsafe {
             cu::cuLaunchKernel(
-                self.function(launch.kernel),
+                function,
                 launch.grid.0,
                 launch.grid.1,
                 1,

@@ -73,9 +73,9 @@ impl AttentionRunner {
     /// An empty runner (allocates on first use, in the current context).
     pub fn new() -> Self {
         Self {
-            work: DeviceBuffer::zeroed(0).expect("empty buffers never allocate"),
-            counters: DeviceBuffer::zeroed(0).expect("empty buffers never allocate"),
-            jobs: DeviceBuffer::zeroed(0).expect("empty buffers never allocate"),
+            work: DeviceBuffer::from_slice(&[]).expect("empty buffers never allocate"),
+            counters: DeviceBuffer::from_slice(&[]).expect("empty buffers never allocate"),
+            jobs: DeviceBuffer::from_slice(&[]).expect("empty buffers never allocate"),
             tables: Vec::new(),
         }
     }

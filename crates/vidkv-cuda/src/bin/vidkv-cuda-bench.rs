@@ -350,10 +350,11 @@ fn main() -> Res<()> {
     let a = parse()?;
     let backend = match CudaBackend::new() {
         Ok(b) => b,
-        Err(e) => {
+        Err(e) if CudaBackend::is_no_device(&e) => {
             eprintln!("no CUDA device: skipped ({e})");
             return Ok(());
         }
+        Err(e) => return Err(e.into()),
     };
     let device = backend.device_name()?;
     let copy = copy_bandwidth(&backend)?;
