@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     text: Option<PathBuf>,
     /// Text tokens used for the teacher-forced evaluation (the shipped text has 9573; 2048
-    /// keeps a default run near 20 minutes on a 2-core machine).
+    /// keeps a default run near 15 minutes on a 2-core machine).
     #[arg(long, default_value_t = 2048)]
     tokens: usize,
     /// Tokens prefilled at full precision before decoding through the cache.
