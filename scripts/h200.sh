@@ -62,8 +62,12 @@ run() {
     for p in "${parts[@]}"; do
         case "$p" in
         bench)
-            part bench 150 sh -c "device-bin/vidkv-cuda-bench ${bench_args[*]} \
+            part bench 200 sh -c "device-bin/vidkv-cuda-bench ${bench_args[*]} --tune \
                 > '$OUT/bench.jsonl' 2>> '$OUT/stderr.txt'"
+            # The other presets (generic kernel) on the headline shape, for reference.
+            part bench-schemes 120 sh -c "device-bin/vidkv-cuda-bench --scheme vidkv-paper \
+                --scheme kivi2 --scheme kivi4 --scheme pc2 --batch 1 --batch 16 --tokens 65536 \
+                --reps 20 2>> '$OUT/stderr.txt' | grep -v '\"kind\":\"copy\"' >> '$OUT/bench.jsonl'"
             ;;
         sdpa)
             part sdpa 150 sh -c "python3 scripts/sdpa_bench.py --batch ${BATCHES[*]} \

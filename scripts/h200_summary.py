@@ -49,6 +49,13 @@ def main() -> int:
         print(f"| {r['scheme']} | {b} | {t} | {r['ms_per_step']:.4f} | {r['gb_per_s']:.0f} | "
               f"{100 * r['fraction_of_copy_bw']:.0f}% | {fmt(d)} | {fmt(fl)} | {sp} | "
               f"{r['kernel']} ({r['splits']}) | {r.get('vs_generic_kernel_max_rel', '-')} |")
+    tune = [r for r in bench if r["kind"] == "attention-tune"]
+    if tune:
+        print("\nSplit-count tuning (same step, splits forced; the table above uses the planner's choice):\n")
+        print("| B | T | splits | ms |")
+        print("|---|---|---|---|")
+        for r in tune:
+            print(f"| {r['batch']} | {r['tokens']} | {r['splits']} | {r['ms_per_step']:.4f} |")
     enc = [r for r in bench if r["kind"] == "encode"]
     if enc:
         print("\n| scheme | B | T | prefill encode ms (K+V) | GB/s of f16 read | % of copy BW |")

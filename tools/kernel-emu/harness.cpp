@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
         {"vk_attend_simt", call<AttnParams, vk_attend_simt>},
         {"vk_attend_tc_matrix", call<AttnParams, vk_attend_tc_matrix>},
         {"vk_attend_tc_identity", call<AttnParams, vk_attend_tc_identity>},
+        {"vk_attend_merge", call<AttnParams, vk_attend_merge>},
     };
     std::vector<u8> arena = read_file(dir + "/arena.bin");
     size_t size = (arena.size() + 4095) & ~(size_t)4095;

@@ -62,6 +62,50 @@ VK_DEV void finish_job(const AttnParams& p, const AttnJob& job, int jid) {
     }
 }
 
+// With many splits one CTA cannot pull every partial quickly: a second launch merges them, one
+// CTA per (job, query head), one thread per channel, the split weights computed once in shared
+// memory. Grid (jobs, 8), 128 threads.
+#define MERGE_MAX_SPLITS 1024
+extern "C" __global__ void __launch_bounds__(128) vk_attend_merge(AttnParams p) {
+    __shared__ float w[MERGE_MAX_SPLITS];
+    __shared__ float red[128];
+    const int jid = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const AttnJob job = ((const AttnJob*)p.jobs)[jid];
+    if (h >= job.query_heads) return;
+    const int d = p.c.d, splits = p.splits < MERGE_MAX_SPLITS ? p.splits : MERGE_MAX_SPLITS;
+    float mx = NEG_INF;
+    for (int s = tid; s < splits; s += 128) mx = fmaxf(mx, ld_cg_f32(work_rec(p, jid, s, h)));
+    red[tid] = mx;
+    sync_block();
+    for (int o = 64; o > 0; o >>= 1) {
+        if (tid < o) red[tid] = fmaxf(red[tid], red[tid + o]);
+        sync_block();
+    }
+    mx = red[0];
+    sync_block();
+    float l = 0.0f;
+    for (int s = tid; s < splits; s += 128) {
+        const float* r = work_rec(p, jid, s, h);
+        float ms = ld_cg_f32(r);
+        float ws = (mx == NEG_INF || ms == NEG_INF) ? 0.0f : exp2f(ms - mx);
+        w[s] = ws;
+        l += ws * ld_cg_f32(r + 1);
+    }
+    red[tid] = l;
+    sync_block();
+    for (int o = 64; o > 0; o >>= 1) {
+        if (tid < o) red[tid] += red[tid + o];
+        sync_block();
+    }
+    l = red[0];
+    float* out = (float*)job.out + h * d;
+    for (int c = tid; c < d; c += 128) {
+        float acc = 0.0f;
+        for (int s = 0; s < splits; ++s) acc += w[s] * ld_cg_f32(work_rec(p, jid, s, h) + 2 + c);
+        out[c] = l > 0.0f ? acc / l : 0.0f;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generic SIMT kernel
 // ---------------------------------------------------------------------------------------------
@@ -356,8 +400,8 @@ extern "C" __global__ void __launch_bounds__(SIMT_THREADS) vk_attend_simt(AttnPa
     const int b0 = split * p.blocks_per_split;
     int b1 = b0 + p.blocks_per_split;
     b1 = b1 < job.blocks ? b1 : job.blocks;
-    const bool last_split = split == p.splits - 1;
-    const int ndense = last_split ? job.dense[0].len + job.dense[1].len : 0;
+    // f16 rows: 32-row tile k goes to split k % splits (and warp (k / splits) % warps).
+    const int ndense = job.dense[0].len + job.dense[1].len;
 
     // Queries (scaled to the log2 domain) and the trit table.
     const float* q = (const float*)job.queries;
@@ -395,7 +439,8 @@ extern "C" __global__ void __launch_bounds__(SIMT_THREADS) vk_attend_simt(AttnPa
     }
     for (int b = b0 + warp; b < b1; b += SIMT_WARPS)
         simt_block(p, job, s, st, b, job.sal_masks ? s.pre[b - b0] : 0);
-    for (int t = 32 * warp; t < ndense; t += 32 * SIMT_WARPS) simt_dense(p, job, s, st, t, ndense);
+    for (int k = split + p.splits * warp; 32 * k < ndense; k += p.splits * SIMT_WARPS)
+        simt_dense(p, job, s, st, 32 * k, ndense);
 
     // Merge the warps, write the partial, merge the splits.
     sync_block();
@@ -413,7 +458,7 @@ extern "C" __global__ void __launch_bounds__(SIMT_THREADS) vk_attend_simt(AttnPa
     }
     sync_block();
     write_partial<SIMT_WARPS>(p, jid, split, scratch);
-    finish_job(p, job, jid);
+    if (p.fused_merge) finish_job(p, job, jid);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -818,8 +863,8 @@ VK_DEV void tc_kernel(const AttnParams& p) {
     const int b0 = split * p.blocks_per_split;
     int b1 = b0 + p.blocks_per_split;
     b1 = b1 < job.blocks ? b1 : job.blocks;
-    const bool last_split = split == p.splits - 1;
-    const int ndense = last_split ? job.dense[0].len + job.dense[1].len : 0;
+    // f16 rows: 32-row tile k goes to split k % splits (and warp (k / splits) % warps).
+    const int ndense = job.dense[0].len + job.dense[1].len;
 
     // Queries: q16[channel][query] = f16(q * scale * log2 e), zero for absent query heads.
     const float* q = (const float*)job.queries;
@@ -871,7 +916,8 @@ VK_DEV void tc_kernel(const AttnParams& p) {
         sync_warp();
     }
     cp_async_wait<0>();
-    for (int t = 32 * warp; t < ndense; t += 32 * TC_WARPS) tc_dense(sm, st, job, t, ndense);
+    for (int k = split + p.splits * warp; 32 * k < ndense; k += p.splits * TC_WARPS)
+        tc_dense(sm, st, job, 32 * k, ndense);
 
     // Merge the warps (scratch reuses the stage buffers), write the partial, merge the splits.
     sync_block();
@@ -893,7 +939,7 @@ VK_DEV void tc_kernel(const AttnParams& p) {
         }
     sync_block();
     write_partial<TC_WARPS>(p, jid, split, scratch);
-    finish_job(p, job, jid);
+    if (p.fused_merge) finish_job(p, job, jid);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) vk_attend_tc_matrix(AttnParams p) {

@@ -138,8 +138,9 @@ struct AttnJob {
 };
 
 // Attention launch over `jobs` jobs, grid = (splits, jobs). Partial results go to `work`
-// ([jobs][splits][8 query heads] x (m, l, acc[D]) floats) and the last CTA of a job (counted in
-// `counters`, which must be zero before the launch and are zero again after it) merges them.
+// ([jobs][splits][8 query heads] x (m, l, acc[D]) floats). With `fused_merge` the last CTA of a
+// job (counted in `counters`, which must be zero before the launch and are zero again after it)
+// merges them; otherwise a second launch (vk_attend_merge) does.
 struct AttnParams {
     KCodec c;
     KCodec salient;       // value codec of the salient groups (PerChannel 2-bit)
@@ -150,8 +151,8 @@ struct AttnParams {
     u64 twiddles;         // SIMT path (Fft): f32 cos[M] then sin[M]
     i32 njobs;
     i32 splits;
-    i32 blocks_per_split; // quantized blocks per split (the last split also takes the f16 rows)
-    i32 max_qh;           // largest query_heads over the jobs (<= 8)
+    i32 blocks_per_split; // quantized blocks per split (32-row tiles of f16 rows: round robin)
+    i32 fused_merge;      // 1: the last CTA of a job merges; 0: vk_attend_merge does
 };
 
 #define MAX_QH 8
@@ -169,10 +170,13 @@ VK_DEV float h2f(u16 h) {
     asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
     return f;
 }
-VK_DEV u16 f2h(float f) {  // round to nearest even; overflow gives inf
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
+// Round to nearest even; overflow gives inf. The bits come back through a 32-bit integer
+// register: ptxas treats a .b16 register written by cvt.f16 as an f16 *value*, and a later byte
+// store of it (st.u8) became a float-to-integer conversion (F2I.U8.F16) instead of the low byte.
+VK_DEV u16 f2h(float f) {
+    u32 h;
+    asm("{ .reg .b16 t; cvt.rn.f16.f32 t, %1; cvt.u32.u16 %0, t; }" : "=r"(h) : "f"(f));
+    return (u16)h;
 }
 VK_DEV float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
 // Two floats to one f16x2 register: `lo` in bits 0..15, `hi` in bits 16..31.

@@ -226,6 +226,18 @@ impl CudaBackend {
         jobs: &[AttnJob],
         tensor_cores: bool,
     ) -> Result<PreparedAttention> {
+        self.prepare_attention_tuned(codec, jobs, tensor_cores, None)
+    }
+
+    /// [`Self::prepare_attention_with`] with the number of splits per job forced (`None`: the
+    /// planner's choice), for tuning experiments.
+    pub fn prepare_attention_tuned(
+        &self,
+        codec: &Codec,
+        jobs: &[AttnJob],
+        tensor_cores: bool,
+        splits: Option<usize>,
+    ) -> Result<PreparedAttention> {
         self.make_current()?;
         let mut runner = self.runner.lock().map_err(|_| poisoned())?;
         // SAFETY: the jobs' addresses come from the caller, who keeps them valid (documented).
@@ -235,6 +247,7 @@ impl CudaBackend {
                 codec,
                 jobs,
                 tensor_cores,
+                splits,
                 self.stream.as_inner(),
             )
         }

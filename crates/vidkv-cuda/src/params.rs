@@ -123,7 +123,8 @@ pub struct AttnParams {
     pub njobs: i32,
     pub splits: i32,
     pub blocks_per_split: i32,
-    pub max_qh: i32,
+    /// 1: the last CTA of each job merges the splits; 0: `vk_attend_merge` does.
+    pub fused_merge: i32,
 }
 
 const _: () = assert!(core::mem::size_of::<KCodec>() == 112);

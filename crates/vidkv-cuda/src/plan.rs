@@ -34,11 +34,13 @@ pub enum Kernel {
     AttendTcMatrix,
     /// `vk_attend_tc_identity` (attend.cu): tensor cores, Identity lanes.
     AttendTcIdentity,
+    /// `vk_attend_merge` (attend.cu): merges the splits of each job.
+    AttendMerge,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::EncodeKeys,
         Kernel::EncodeValues,
         Kernel::DecodeKeys,
@@ -46,6 +48,7 @@ impl Kernel {
         Kernel::AttendSimt,
         Kernel::AttendTcMatrix,
         Kernel::AttendTcIdentity,
+        Kernel::AttendMerge,
     ];
 
     /// The `extern "C"` name.
@@ -58,6 +61,7 @@ impl Kernel {
             Kernel::AttendSimt => "vk_attend_simt",
             Kernel::AttendTcMatrix => "vk_attend_tc_matrix",
             Kernel::AttendTcIdentity => "vk_attend_tc_identity",
+            Kernel::AttendMerge => "vk_attend_merge",
         }
     }
 
@@ -512,7 +516,13 @@ pub struct AttnPlan {
     pub smem: usize,
     /// Workspace floats needed.
     pub work_floats: usize,
+    /// Whether the last CTA of each job merges the splits (few splits) or a second launch does.
+    pub fused_merge: bool,
 }
+
+/// Splits at or below which the last CTA of a job merges them itself (one launch); above it,
+/// one CTA cannot read every partial fast enough and `vk_attend_merge` runs as a second launch.
+pub const FUSED_MERGE_MAX_SPLITS: usize = 8;
 
 /// Shared memory of the tensor-core kernel (`sizeof(TcSmem)` in attend.cu).
 pub const TC_SMEM: usize = 128 * 8 * 2 + 256 * 2 + 4 * 128 + 4 * 4 * 2256;
@@ -535,6 +545,17 @@ pub fn plan_attention(
     sms: usize,
     tensor_cores: bool,
 ) -> AttnPlan {
+    plan_attention_with(codec, jobs, sms, tensor_cores, None)
+}
+
+/// [`plan_attention`] with the number of splits per job forced (for tuning experiments).
+pub fn plan_attention_with(
+    codec: &Codec,
+    jobs: &[JobShape],
+    sms: usize,
+    tensor_cores: bool,
+    splits_override: Option<usize>,
+) -> AttnPlan {
     let njobs = jobs.len().max(1);
     let max_blocks = jobs.iter().map(|j| j.blocks).max().unwrap_or(0);
     let tc = if tensor_cores && !jobs.iter().any(|j| j.salient) {
@@ -546,9 +567,14 @@ pub fn plan_attention(
         Some(k) => (k, 2, 8),
         None => (Kernel::AttendSimt, 4, 4),
     };
-    let target = sms.max(1) * per_sm;
-    let mut splits = target.div_ceil(njobs).max(1);
+    // As many CTAs as fit at once (per_sm each on every SM), in whole waves: the number of
+    // splits is rounded down so that jobs × splits never spills a few CTAs into a second wave.
+    let slots = sms.max(1) * per_sm;
+    let mut splits = (slots / njobs).max(1);
     splits = splits.min(max_blocks.div_ceil(min_per_split).max(1));
+    if let Some(s) = splits_override {
+        splits = s.clamp(1, max_blocks.max(1));
+    }
     let mut bps = max_blocks.div_ceil(splits);
     if kernel == Kernel::AttendSimt && bps > 4096 {
         bps = 4096;
@@ -569,6 +595,7 @@ pub fn plan_attention(
         blocks_per_split: bps,
         smem,
         work_floats: njobs * splits * MAX_QUERY_HEADS * (codec.head_dim() + 2),
+        fused_merge: splits <= FUSED_MERGE_MAX_SPLITS,
     }
 }
 
@@ -578,7 +605,6 @@ pub fn attn_params(
     codec: &Codec,
     plan: &AttnPlan,
     njobs: usize,
-    max_qh: usize,
     jobs: u64,
     work: u64,
     counters: u64,
@@ -596,18 +622,27 @@ pub fn attn_params(
         njobs: njobs as i32,
         splits: plan.splits as i32,
         blocks_per_split: plan.blocks_per_split as i32,
-        max_qh: max_qh as i32,
+        fused_merge: i32::from(plan.fused_merge),
     }
 }
 
-/// The attention launch.
-pub fn attn_launch(plan: &AttnPlan, njobs: usize, params: &AttnParams) -> Launch {
-    Launch {
+/// The attention launches: the kernel, then the merge kernel unless the merge is fused.
+pub fn attn_launches(plan: &AttnPlan, njobs: usize, params: &AttnParams) -> Vec<Launch> {
+    let mut launches = vec![Launch {
         kernel: plan.kernel,
         grid: (plan.splits as u32, njobs as u32),
         smem: plan.smem as u32,
         params: bytemuck::bytes_of(params).to_vec(),
+    }];
+    if !plan.fused_merge {
+        launches.push(Launch {
+            kernel: Kernel::AttendMerge,
+            grid: (njobs as u32, MAX_QUERY_HEADS as u32),
+            smem: 0,
+            params: bytemuck::bytes_of(params).to_vec(),
+        });
     }
+    launches
 }
 
 // ---- attention jobs ----
@@ -796,6 +831,7 @@ mod tests {
             ];
             let p = plan_attention(&c, &jobs, 132, true);
             assert!(p.splits * p.blocks_per_split >= blocks, "{p:?}");
+            assert!(njobs * p.splits <= 264 || p.splits == 1, "one wave: {p:?}");
             assert!(
                 p.splits == 1 || (p.splits - 1) * p.blocks_per_split < blocks,
                 "{p:?}"

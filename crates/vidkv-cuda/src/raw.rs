@@ -78,7 +78,7 @@ impl RawAttention {
         unsafe {
             let prepared = self
                 .runner
-                .prepare(&self.kernels, codec, jobs, true, stream)?;
+                .prepare(&self.kernels, codec, jobs, true, None, stream)?;
             self.runner.launch(&self.kernels, &prepared, stream)
         }
     }

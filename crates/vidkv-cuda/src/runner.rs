@@ -62,7 +62,7 @@ pub struct AttentionRunner {
 /// A fully planned launch whose buffers live in an [`AttentionRunner`] (for repeated timing).
 #[derive(Debug, Clone)]
 pub struct PreparedAttention {
-    pub(crate) launch: plan::Launch,
+    pub(crate) launches: Vec<plan::Launch>,
     /// Kernel the plan picked.
     pub kernel: Kernel,
     /// Splits per job.
@@ -99,7 +99,7 @@ impl AttentionRunner {
     }
 
     /// Plans the launch of `jobs` and uploads the job table on `stream` (`tensor_cores: false`
-    /// forces the generic kernel).
+    /// forces the generic kernel; `splits` forces the number of splits per job).
     ///
     /// # Safety
     ///
@@ -111,6 +111,7 @@ impl AttentionRunner {
         codec: &Codec,
         jobs: &[AttnJob],
         tensor_cores: bool,
+        splits: Option<usize>,
         stream: cu::CUstream,
     ) -> Result<PreparedAttention> {
         if let Some(j) = jobs
@@ -139,7 +140,7 @@ impl AttentionRunner {
                 salient: j.sal_masks != 0,
             })
             .collect();
-        let plan = plan::plan_attention(codec, &shapes, kernels.sm_count(), aligned);
+        let plan = plan::plan_attention_with(codec, &shapes, kernels.sm_count(), aligned, splits);
         let (fmat, tw) = self.tables(codec)?;
         grow(&mut self.work, plan.work_floats * 4, stream)?;
         grow(&mut self.counters, jobs.len().max(1) * 4, stream)?;
@@ -147,16 +148,10 @@ impl AttentionRunner {
         grow(&mut self.jobs, table.len().max(16), stream)?;
         // SAFETY: the job table buffer holds at least `table.len()` bytes (grown above).
         unsafe { h2d_async(addr(&self.jobs), table, stream)? };
-        let max_qh = jobs
-            .iter()
-            .map(|j| j.query_heads as usize)
-            .max()
-            .unwrap_or(1);
         let params = plan::attn_params(
             codec,
             &plan,
             jobs.len(),
-            max_qh,
             addr(&self.jobs),
             addr(&self.work),
             addr(&self.counters),
@@ -164,7 +159,7 @@ impl AttentionRunner {
             tw,
         );
         Ok(PreparedAttention {
-            launch: plan::attn_launch(&plan, jobs.len(), &params),
+            launches: plan::attn_launches(&plan, jobs.len(), &params),
             kernel: plan.kernel,
             splits: plan.splits,
         })
@@ -182,9 +177,12 @@ impl AttentionRunner {
         prepared: &PreparedAttention,
         stream: cu::CUstream,
     ) -> Result<()> {
-        // SAFETY: forwarded contract: the parameters point into this runner's buffers and the
-        // caller's live job buffers.
-        unsafe { kernels.launch(&prepared.launch, stream) }
+        for launch in &prepared.launches {
+            // SAFETY: forwarded contract: the parameters point into this runner's buffers and
+            // the caller's live job buffers.
+            unsafe { kernels.launch(launch, stream)? };
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! ```text
 //! vidkv-cuda-bench [--scheme vidkv]... [--batch 1 --batch 16] [--tokens 65536]... [--reps 50]
 //!                  [--kv-heads 4] [--query-heads 28] [--head-dim 128] [--residual 128] [--sinks 1]
+//!                  [--tune]   # also time forced split counts ("attention-tune" lines)
 //! ```
 
 use cust::event::{Event, EventFlags};
@@ -22,6 +23,7 @@ use vidkv_core::{
 };
 use vidkv_cuda::CudaBackend;
 use vidkv_cuda::params::{AttnJob, DenseDesc};
+use vidkv_cuda::plan::{self, EncodeAddrs};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -36,6 +38,7 @@ struct Args {
     head_dim: usize,
     residual: usize,
     sinks: usize,
+    tune: bool,
 }
 
 fn parse() -> Res<Args> {
@@ -49,6 +52,7 @@ fn parse() -> Res<Args> {
         head_dim: 128,
         residual: 128,
         sinks: 1,
+        tune: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,10 +67,12 @@ fn parse() -> Res<Args> {
             "--head-dim" => a.head_dim = value()?.parse()?,
             "--residual" => a.residual = value()?.parse()?,
             "--sinks" => a.sinks = value()?.parse()?,
+            "--tune" => a.tune = true,
             "--help" | "-h" => {
                 println!(
                     "vidkv-cuda-bench [--scheme NAME]... [--batch B]... [--tokens T]... [--reps N] \
-                     [--kv-heads H] [--query-heads Q] [--head-dim D] [--residual R] [--sinks S]"
+                     [--kv-heads H] [--query-heads Q] [--head-dim D] [--residual R] [--sinks S] \
+                     [--tune]"
                 );
                 std::process::exit(0);
             }
@@ -226,19 +232,51 @@ fn run(
         }
         _ => None,
     };
+    // Prefill encode: the kernels alone (launched directly, so the timing holds no host work),
+    // then once more through the backend for the blocks the attention reads.
     let (enc_ms, enc_ok) = if quant_tokens > 0 {
+        let stream = backend.stream().as_inner();
+        let slots = backend.upload(bytemuck::cast_slice(&[u64::MAX; 3]))?;
+        let tw = backend.upload(bytemuck::cast_slice(&plan::twiddles(plan::lanes(&codec))))?;
+        let mask_buf = match &mask {
+            Some(m) => Some(backend.upload(bytemuck::cast_slice(&m.words))?),
+            None => None,
+        };
+        let nblk = jobs * blocks;
+        let addrs = |keys: bool| EncodeAddrs {
+            input: addr(if keys { &kin } else { &vin }),
+            out: addr(if keys { &kblocks } else { &vblocks }),
+            fixed_mask: if keys {
+                mask_buf.as_ref().map_or(0, addr)
+            } else {
+                0
+            },
+            excluded: 0,
+            twiddles: if tw.is_empty() { 0 } else { addr(&tw) },
+            errors: addr(&slots),
+        };
+        let mut total = 0.0;
+        for keys in [true, false] {
+            let launch = plan::encode_launch(&codec, keys, DType::F16, nblk, addrs(keys));
+            let (ms, _) = time_ms(backend, flush, 5, || {
+                // SAFETY: every address of the launch points into live buffers of this
+                // backend's context sized by the plan (input, blocks, tables, error slots).
+                Ok(unsafe { backend.kernels().launch(&launch, stream) }?)
+            })?;
+            total += ms;
+        }
+        let bytes = backend.download(&slots)?;
+        if bytes.iter().any(|&b| b != 0xff) {
+            return Err("the encoder reported bad input".into());
+        }
         let input = |data| HeadTensor {
             data,
             dtype: DType::F16,
             tokens: quant_tokens,
         };
-        let (k_ms, _) = time_ms(backend, flush, 5, || {
-            Ok(backend.encode_keys(&codec, input(&kin), mask.as_ref(), &mut kblocks)?)
-        })?;
-        let (v_ms, _) = time_ms(backend, flush, 5, || {
-            Ok(backend.encode_values(&codec, input(&vin), &mut vblocks)?)
-        })?;
-        (k_ms + v_ms, true)
+        backend.encode_keys(&codec, input(&kin), mask.as_ref(), &mut kblocks)?;
+        backend.encode_values(&codec, input(&vin), &mut vblocks)?;
+        (total, true)
     } else {
         (0.0, false)
     };
@@ -332,6 +370,30 @@ fn run(
         gbps / copy_gbps,
         f16_ms / ms,
     );
+    // Tuning rows: the same step with the number of splits forced (the default plan's line above
+    // is the result; these say whether another split count would have been faster).
+    if a.tune {
+        let base = prepared.splits;
+        let mut tried = vec![base];
+        for s in [base / 2, base * 2, base * 3 / 2, base * 3, 1] {
+            let s = s.max(1);
+            if tried.contains(&s) || s > blocks.max(1) {
+                continue;
+            }
+            tried.push(s);
+            let p = backend.prepare_attention_tuned(&codec, &table, true, Some(s))?;
+            let (tms, _) = time_ms(backend, flush, a.reps.min(20), || {
+                Ok(backend.launch_prepared(&p)?)
+            })?;
+            println!(
+                "{{\"kind\":\"attention-tune\",\"scheme\":\"{}\",\"tokens\":{tokens},\
+                 \"batch\":{batch},\"kernel\":\"{}\",\"splits\":{},\"ms_per_step\":{tms:.5}}}",
+                scheme.name(),
+                p.kernel.name(),
+                p.splits
+            );
+        }
+    }
     if enc_ok {
         let enc_bytes = 2 * in_bytes;
         let enc_gbps = enc_bytes as f64 / (enc_ms * 1e-3) / 1e9;

@@ -20,8 +20,9 @@ use vidkv_cuda::plan::{self, EncodeAddrs, Launch};
 
 /// Where the emulator maps its fake device memory (tools/kernel-emu/harness.cpp).
 const ARENA_BASE: u64 = 0x1000_0000_0000;
-/// SMs the emulated device reports (only shapes the attention plan).
-const EMU_SMS: usize = 4;
+/// SMs the emulated device reports (only shapes the attention plan: with 66, a long single job
+/// gets more than 8 splits and the separate merge kernel runs, as at batch 1 on an H200).
+const EMU_SMS: usize = 66;
 
 /// Fake device memory: buffers at fixed addresses.
 #[derive(Debug, Default)]
@@ -317,23 +318,8 @@ impl KvQuantBackend for EmuBackend {
         let counters = a.alloc(table.len() * 4);
         let fmat = a.put(bytemuck::cast_slice(&plan::adjoint_matrix(codec)));
         let tw = a.put(bytemuck::cast_slice(&plan::twiddles(plan::lanes(codec))));
-        let max_qh = table
-            .iter()
-            .map(|j| j.query_heads as usize)
-            .max()
-            .unwrap_or(1);
-        let params = plan::attn_params(
-            codec,
-            &p,
-            table.len(),
-            max_qh,
-            jobs_addr,
-            work,
-            counters,
-            fmat,
-            tw,
-        );
-        let a = self.run(a, &[plan::attn_launch(&p, table.len(), &params)]);
+        let params = plan::attn_params(codec, &p, table.len(), jobs_addr, work, counters, fmat, tw);
+        let a = self.run(a, &plan::attn_launches(&p, table.len(), &params));
         for (j, addr) in jobs.iter_mut().zip(outs) {
             let n = j.out.len();
             j.out.copy_from_slice(a.slice(addr, n));
@@ -502,6 +488,16 @@ pub fn scenarios() -> Vec<(&'static str, Scenario)> {
     };
     vec![
         ("vidkv-d128-g32 (tensor cores, Fft)", base.clone()),
+        (
+            "vidkv-d128 one long sequence (tensor cores, 10 splits, merge kernel)",
+            Scenario {
+                kv: 1,
+                qh: 7,
+                lens: vec![2400],
+                appends: 2,
+                ..base.clone()
+            },
+        ),
         (
             "hadamard-d128 (tensor cores)",
             Scenario {
