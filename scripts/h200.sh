@@ -49,7 +49,7 @@ run() {
     OUT=${OUT:-$PWD/h200-out}
     mkdir -p "$OUT"
     local parts=("$@")
-    [ ${#parts[@]} -eq 0 ] && parts=(bench sdpa conformance sanitizer)
+    [ ${#parts[@]} -eq 0 ] && parts=(bench sdpa conformance sanitizer profile)
     {
         date -u +"date: %Y-%m-%dT%H:%M:%SZ"
         echo "commit: $(cat device-bin/COMMIT 2>/dev/null || echo unknown)"
@@ -91,12 +91,28 @@ run() {
             # Reduced runs: every kernel (encoders, decoders, both attention kernels) is
             # exercised; the properties with 2 cases each.
             echo "compute-sanitizer: $cs" >> "$OUT/machine.txt"
-            part memcheck 120 sh -c "PROPTEST_CASES=2 '$cs' --tool memcheck --error-exitcode 9 \
+            part memcheck 150 sh -c "PROPTEST_CASES=2 '$cs' --tool memcheck --error-exitcode 9 \
                 device-bin/vidkv-cuda-device-test --test-threads 1 cuda_streaming cuda::encode \
-                cuda::decode cuda::rejects cuda::damaged > '$OUT/memcheck.txt' 2>&1"
-            part racecheck 90 sh -c "PROPTEST_CASES=1 '$cs' --tool racecheck --error-exitcode 9 \
+                cuda::decode cuda::rejects cuda::damaged > '$OUT/sanitizer.txt' 2>&1"
+            part racecheck 120 sh -c "PROPTEST_CASES=1 '$cs' --tool racecheck --error-exitcode 9 \
                 device-bin/vidkv-cuda-device-test --test-threads 1 cuda_streaming \
-                cuda::encode cuda::decode > '$OUT/racecheck.txt' 2>&1"
+                cuda::encode cuda::decode >> '$OUT/sanitizer.txt' 2>&1"
+            ;;
+        profile)
+            # Nsight Compute on the headline step (B 16, T 65536), if the machine has it and
+            # allows counters: occupancy, throughput, stall reasons.
+            local ncu
+            ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1 || true)
+            if [ -z "$ncu" ]; then
+                echo "ncu not found on this machine" | tee -a "$OUT/machine.txt"
+                continue
+            fi
+            part profile 150 sh -c "'$ncu' --kernel-name regex:vk_attend_tc --launch-skip 2 \
+                --launch-count 1 --section SpeedOfLight --section Occupancy \
+                --section LaunchStats --section WarpStateStats --section SchedulerStats \
+                --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+                device-bin/vidkv-cuda-bench --batch 16 --tokens 65536 --reps 3 \
+                > '$OUT/profile.txt' 2>&1"
             ;;
         *)
             echo "unknown part $p" >&2
