@@ -57,9 +57,68 @@ pub struct BenchArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// `cpu` (the rows above, per thread count) or `cuda`: the GPU benchmark of vidkv-cuda (fused
+    /// attention over the packed cache on the device, prefill encode, copy bandwidth; JSON lines;
+    /// needs the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_name = "BACKEND")]
+    pub backend: String,
+}
+
+/// `vidkv bench --backend cuda`: `vidkv_cuda::bench` on the same shape, schemes and token counts.
+#[cfg(feature = "cuda")]
+fn cuda_bench(a: &BenchArgs) -> Result<()> {
+    let mut schemes = crate::args::schemes(&a.schemes)?;
+    if a.schemes.is_empty() {
+        schemes = vec![Scheme::Vidkv];
+    }
+    let d = vidkv_cuda::bench::BenchOptions::default();
+    let options = vidkv_cuda::bench::BenchOptions {
+        schemes,
+        batches: vec![a.batch],
+        tokens: if a.tokens.is_empty() {
+            d.tokens
+        } else {
+            a.tokens.clone()
+        },
+        reps: a.reps.max(d.reps),
+        kv_heads: a.kv_heads,
+        query_heads: a.query_heads,
+        head_dim: a.head_dim,
+        residual: a.residual,
+        sinks: a.sinks,
+        tune: false,
+    };
+    let mut out = io::stdout().lock();
+    vidkv_cuda::bench::run(&options, &mut |line| {
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    })
+    .map_err(|e| {
+        vidkv::Error::from(vidkv_core::Error::Backend {
+            backend: "cuda",
+            message: e.to_string(),
+        })
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_bench(_: &BenchArgs) -> Result<()> {
+    Err(vidkv::Error::from(vidkv_core::Error::Unsupported {
+        backend: "cuda",
+        operation: "bench",
+        reason: "this vidkv was built without the `cuda` feature",
+    }))
 }
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
+    match a.backend.as_str() {
+        "cpu" => {}
+        "cuda" => return cuda_bench(a),
+        _ => {
+            return Err(vidkv::Error::from(vidkv_core::Error::InvalidConfig {
+                reason: "--backend is `cpu` or `cuda`",
+            }));
+        }
+    }
     let tokens = if a.tokens.is_empty() {
         vec![4096, 16384, 65536]
     } else {
