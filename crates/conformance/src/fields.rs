@@ -792,13 +792,13 @@ mod tests {
     use vidkv_core::{GroupSize, HeadDim, QuantConfig};
 
     fn pc2(arith: Arithmetic) -> Codec {
-        Codec::new(QuantConfig {
-            head_dim: HeadDim::new(16).unwrap(),
-            group: GroupSize::G32,
-            keys: KeyScheme::PerChannel { bits: Bits::Two },
-            values: ValueScheme::PerChannel { bits: Bits::Two },
-            arithmetic: arith,
-        })
+        Codec::new(QuantConfig::new(
+            HeadDim::new(16).unwrap(),
+            GroupSize::G32,
+            KeyScheme::PerChannel { bits: Bits::Two },
+            ValueScheme::PerChannel { bits: Bits::Two },
+            arith,
+        ))
         .unwrap()
     }
 

@@ -66,13 +66,13 @@ fn cfg(
     values: ValueScheme,
     arithmetic: Arithmetic,
 ) -> QuantConfig {
-    QuantConfig {
-        head_dim: HeadDim::new(d).unwrap(),
-        group: GroupSize::new(g).unwrap(),
+    QuantConfig::new(
+        HeadDim::new(d).unwrap(),
+        GroupSize::new(g).unwrap(),
         keys,
         values,
         arithmetic,
-    }
+    )
 }
 
 fn mixed(r: f32, scope: OutlierScope, transform: Transform, lane_rule: LaneRule) -> KeyScheme {

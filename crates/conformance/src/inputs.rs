@@ -431,13 +431,13 @@ pub fn config() -> impl Strategy<Value = QuantConfig> {
         prop_oneof![Just(Arithmetic::F32), Just(Arithmetic::Reference)],
     )
         .prop_map(|((d, g), keys, values, arithmetic)| {
-            fix_up(QuantConfig {
-                head_dim: HeadDim::new(d).unwrap(),
-                group: GroupSize::new(g).unwrap(),
+            fix_up(QuantConfig::new(
+                HeadDim::new(d).unwrap(),
+                GroupSize::new(g).unwrap(),
                 keys,
                 values,
                 arithmetic,
-            })
+            ))
         });
     prop_oneof![1 => preset, 2 => custom]
 }

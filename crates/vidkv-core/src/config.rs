@@ -203,6 +203,26 @@ pub enum ValueScheme {
     },
 }
 
+/// XQuant's data-free calibration of min/max groups: with η > 0 the encoder keeps the codes of
+/// the plain min/max quantizer and stores pulled-in parameters `lo' = lo + η·step·(2^b − 1)`,
+/// `step' = (1 − 2η)·step`, so the outermost levels move inside the range. Decoding is unchanged
+/// (`lo' + code·step'`). η = 0 is the plain quantizer.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Calibration {
+    /// η for the min/max groups of keys (per-channel keys and the outlier channels of mixed keys).
+    pub keys: f32,
+    /// η for the min/max groups of values (per-token and per-channel values).
+    pub values: f32,
+}
+
+impl Calibration {
+    /// No calibration (η = 0 everywhere).
+    pub const NONE: Self = Self {
+        keys: 0.0,
+        values: 0.0,
+    };
+}
+
 /// Everything that determines how one layer's K/V is encoded.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuantConfig {
@@ -216,11 +236,47 @@ pub struct QuantConfig {
     pub values: ValueScheme,
     /// Arithmetic of the encoder.
     pub arithmetic: Arithmetic,
+    /// Endpoint calibration of min/max groups (XQuant); [`Calibration::NONE`] by default.
+    pub calibration: Calibration,
+    /// Tokens per key block traced as outliers (OTT): excluded from the block's key statistics
+    /// and kept in f16 in the block. 0 = no tracing.
+    pub traced_tokens: u8,
 }
 
 impl QuantConfig {
+    /// A configuration without calibration and without traced tokens.
+    pub fn new(
+        head_dim: HeadDim,
+        group: GroupSize,
+        keys: KeyScheme,
+        values: ValueScheme,
+        arithmetic: Arithmetic,
+    ) -> Self {
+        Self {
+            head_dim,
+            group,
+            keys,
+            values,
+            arithmetic,
+            calibration: Calibration::NONE,
+            traced_tokens: 0,
+        }
+    }
+
     /// Checks the combination: outlier ratio in [0, 1], Hadamard on a power-of-two lane count.
     pub fn validate(&self) -> Result<()> {
+        for eta in [self.calibration.keys, self.calibration.values] {
+            if !(0.0..0.5).contains(&eta) {
+                return Err(Error::InvalidConfig {
+                    reason: "calibration eta must be within 0..0.5",
+                });
+            }
+        }
+        if usize::from(self.traced_tokens) > self.group.tokens() / 4 {
+            return Err(Error::InvalidConfig {
+                reason: "at most G/4 traced tokens per block",
+            });
+        }
         if let KeyScheme::Mixed(m) = self.keys {
             if !(0.0..=1.0).contains(&m.outlier_ratio) {
                 return Err(Error::InvalidConfig {
@@ -343,13 +399,7 @@ impl Scheme {
                 Arithmetic::Reference,
             ),
         };
-        QuantConfig {
-            head_dim,
-            group,
-            keys,
-            values,
-            arithmetic,
-        }
+        QuantConfig::new(head_dim, group, keys, values, arithmetic)
     }
 }
 

@@ -25,8 +25,8 @@ use alloc::vec::Vec;
 use half::f16;
 
 use crate::config::{
-    Arithmetic, Bits, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys, OutlierScope,
-    QuantConfig, TernaryScale, Transform, ValueScheme,
+    Arithmetic, Bits, Calibration, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys,
+    OutlierScope, QuantConfig, TernaryScale, Transform, ValueScheme,
 };
 use crate::error::{Error, Result};
 use crate::layout::{ChannelMask, Codec};
@@ -304,6 +304,9 @@ fn write_config(c: &QuantConfig, out: &mut [u8]) {
     };
     out[22] = kind;
     out[23] = option;
+    out[40..44].copy_from_slice(&c.calibration.keys.to_bits().to_le_bytes());
+    out[44..48].copy_from_slice(&c.calibration.values.to_bits().to_le_bytes());
+    out[48] = c.traced_tokens;
 }
 
 fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
@@ -373,13 +376,19 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
         },
         _ => return Err(bad("unknown value scheme", 22)),
     };
-    Ok(QuantConfig {
-        head_dim,
-        group,
-        keys,
-        values,
-        arithmetic,
-    })
+    r.zeros(49, 7, "reserved header bytes not zero")?;
+    let config = QuantConfig {
+        calibration: Calibration {
+            keys: f32::from_bits(r.u32(40)?),
+            values: f32::from_bits(r.u32(44)?),
+        },
+        traced_tokens: h[48],
+        ..QuantConfig::new(head_dim, group, keys, values, arithmetic)
+    };
+    config
+        .validate()
+        .map_err(|_| bad("invalid calibration or traced-token count", 40))?;
+    Ok(config)
 }
 
 /// Whether layers of this codec carry a layer-scope outlier mask.
@@ -428,7 +437,6 @@ impl<'a> Container<'a> {
             Codec::new(config).map_err(|_| bad("inconsistent configuration in header", 12))?;
         let layer_count = r.u32(28)? as usize;
         let file_len = r.u64(32)?;
-        r.zeros(40, 16, "reserved header bytes not zero")?;
         if file_len != bytes.len() as u64 {
             let what = if file_len > bytes.len() as u64 {
                 "truncated file (shorter than the length in the header)"
@@ -856,10 +864,10 @@ mod tests {
                         ValueScheme::PerToken { bits: Bits::Four },
                         ValueScheme::PerChannel { bits: Bits::Two },
                     ] {
-                        let cfg = QuantConfig {
-                            head_dim: d,
-                            group: GroupSize::G128,
-                            keys: KeyScheme::Mixed(MixedKeys {
+                        let cfg = QuantConfig::new(
+                            d,
+                            GroupSize::G128,
+                            KeyScheme::Mixed(MixedKeys {
                                 outlier_ratio: 0.5,
                                 scope,
                                 transform,
@@ -867,7 +875,7 @@ mod tests {
                             }),
                             values,
                             arithmetic,
-                        };
+                        );
                         let c = Codec::new(cfg).unwrap();
                         let bytes = sample(&c);
                         assert_eq!(*Container::parse(&bytes).unwrap().config(), cfg);

@@ -30,8 +30,8 @@ pub mod pack;
 pub use backend::{Capability, DType, HeadTensor, KvQuantBackend, Operation};
 pub use cache::{CacheConfig, KvCache, MemoryUsage, Salient};
 pub use config::{
-    Arithmetic, Bits, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys, OutlierScope,
-    QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+    Arithmetic, Bits, Calibration, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys,
+    OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
 };
 pub use error::{Error, Result};
 pub use layout::{AffineParams, ChannelMask, Codec, KeyLayout, Section, ValueLayout};

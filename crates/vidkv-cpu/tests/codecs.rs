@@ -46,13 +46,13 @@ fn config(
     values: ValueScheme,
     arithmetic: Arithmetic,
 ) -> Codec {
-    Codec::new(QuantConfig {
-        head_dim: HeadDim::new(d).unwrap(),
-        group: GroupSize::new(g).unwrap(),
+    Codec::new(QuantConfig::new(
+        HeadDim::new(d).unwrap(),
+        GroupSize::new(g).unwrap(),
         keys,
         values,
         arithmetic,
-    })
+    ))
     .unwrap()
 }
 
