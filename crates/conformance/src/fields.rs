@@ -15,6 +15,7 @@
 
 use half::f16;
 use vidkv_core::pack::{f16_at, unpack_codes, unpack_trits};
+use vidkv_core::traced::pick_traced;
 use vidkv_core::{
     AffineParams, Arithmetic, Bits, ChannelMask, Codec, KeyLayout, KeyScheme, LaneRule, MixedKeys,
     TernaryScale, ValueLayout, ValueScheme,
@@ -81,11 +82,30 @@ pub struct KeyFields {
     pub codes: Vec<u8>,
     /// Lane bits, lane-major: `bits[j·G + t]`.
     pub bits: Vec<u8>,
+    /// Traced tokens (OTT): the index bytes of the filled slots, in slot order.
+    pub traced: Vec<usize>,
+}
+
+/// The index bytes of a key block's filled traced slots (unvalidated).
+fn traced_of(codec: &Codec, block: &[u8]) -> Vec<usize> {
+    codec.traced_layout().map_or(Vec::new(), |l| {
+        block[l.indices.range()]
+            .iter()
+            .filter(|&&i| i != vidkv_core::traced::EMPTY_SLOT)
+            .map(|&i| usize::from(i))
+            .collect()
+    })
+}
+
+/// Which tokens of a block the key statistics keep: all but the traced ones.
+fn kept_tokens(g: usize, traced: &[usize]) -> Vec<bool> {
+    (0..g).map(|t| !traced.contains(&t)).collect()
 }
 
 /// Takes a key block apart.
 pub fn key_fields(codec: &Codec, block: &[u8]) -> KeyFields {
     let g = codec.group();
+    let traced = traced_of(codec, block);
     match *codec.key_layout() {
         KeyLayout::Mixed {
             outliers,
@@ -114,6 +134,7 @@ pub fn key_fields(codec: &Codec, block: &[u8]) -> KeyFields {
                     .collect(),
                 codes,
                 bits,
+                traced,
             }
         }
         KeyLayout::PerChannel {
@@ -132,6 +153,7 @@ pub fn key_fields(codec: &Codec, block: &[u8]) -> KeyFields {
                 scales: Vec::new(),
                 codes: c,
                 bits: Vec::new(),
+                traced,
             }
         }
     }
@@ -276,6 +298,12 @@ pub fn compare_keys(
             continue;
         }
         let (fr, fc) = (key_fields(codec, r), key_fields(codec, c));
+        if let Some(l) = codec.traced_layout() {
+            let part = l.rows.offset..l.indices.offset + l.indices.len;
+            if r[part.clone()] != c[part] {
+                return Err(format!("block {b}: traced tokens or rows differ"));
+            }
+        }
         if fr.mask != fc.mask {
             return Err(format!("block {b}: outlier masks differ"));
         }
@@ -311,7 +339,8 @@ pub fn compare_keys(
             let normals: Vec<usize> = fr.mask.normals(d).collect();
             for j in 0..m {
                 if fr.scales[j] != fc.scales[j] {
-                    let exact = mean_abs((0..g).map(|t| z[t * m + j]));
+                    let kept = kept_tokens(g, &fr.traced);
+                    let exact = mean_abs((0..g).filter(|&t| kept[t]).map(|t| z[t * m + j]));
                     if !mean_boundary(exact, fr.scales[j], fc.scales[j]) {
                         return Err(format!(
                             "block {b} lane {j}: scale {} vs {} (mean |z| = {exact})",
@@ -535,6 +564,16 @@ pub fn check_key_bounds(
         .enumerate()
     {
         let f = key_fields(codec, block);
+        check_traced(codec, &f, x, y).map_err(|e| format!("block {b}: {e}"))?;
+        let kept = kept_tokens(g, &f.traced);
+        let column = |c: usize| {
+            x.iter()
+                .skip(c)
+                .step_by(d)
+                .zip(&kept)
+                .filter(|(_, k)| **k)
+                .map(|(v, _)| *v)
+        };
         let (channels, bits): (Vec<usize>, Bits) = match codec.config().keys {
             KeyScheme::Mixed(mixed) => {
                 let k = mixed.outlier_count(codec.config().head_dim);
@@ -544,9 +583,7 @@ pub fn check_key_bounds(
                     }
                 } else {
                     // Block scope: the chosen channels have the largest ranges.
-                    let ranges: Vec<f32> = (0..d)
-                        .map(|c| range_of(arith, x.iter().skip(c).step_by(d).copied()).2)
-                        .collect();
+                    let ranges: Vec<f32> = (0..d).map(|c| range_of(arith, column(c)).2).collect();
                     let chosen_min = f
                         .mask
                         .outliers(d)
@@ -564,14 +601,15 @@ pub fn check_key_bounds(
                         ));
                     }
                 }
-                check_lanes(codec, mixed, &f, x, y).map_err(|e| format!("block {b}: {e}"))?;
+                check_lanes(codec, mixed, &f, &kept, x, y)
+                    .map_err(|e| format!("block {b}: {e}"))?;
                 (f.mask.outliers(d).collect(), Bits::Two)
             }
             KeyScheme::PerChannel { bits } => ((0..d).collect(), bits),
         };
         for (i, &c) in channels.iter().enumerate() {
             let p = f.params[i];
-            let (lo, hi, range) = range_of(arith, x.iter().skip(c).step_by(d).copied());
+            let (lo, hi, range) = range_of(arith, column(c));
             if f64::from(range) > F16_MAX || !range.is_finite() {
                 continue;
             }
@@ -582,7 +620,7 @@ pub fn check_key_bounds(
                 ));
             }
             let _ = hi;
-            for t in 0..g {
+            for t in (0..g).filter(|&t| kept[t]) {
                 let (xv, yv) = (f64::from(x[t * d + c]), f64::from(y[t * d + c]));
                 if let Some(bound) = affine_bound(arith, bits, p, xv)
                     && (xv - yv).abs() > bound
@@ -599,12 +637,42 @@ pub fn check_key_bounds(
     Ok(())
 }
 
+/// Traced tokens (OTT): the slots hold exactly the tokens [`pick_traced`] chooses, and those
+/// tokens decode to their f16-rounded input.
+fn check_traced(codec: &Codec, f: &KeyFields, x: &[f32], y: &[f32]) -> Result<(), String> {
+    let Some(layout) = codec.traced_layout() else {
+        return Ok(());
+    };
+    let d = codec.head_dim();
+    let want = pick_traced(x, d, layout.slots);
+    if f.traced != want {
+        return Err(format!(
+            "traced tokens {:?}, the picking rule gives {want:?}",
+            f.traced
+        ));
+    }
+    for &t in &f.traced {
+        for c in 0..d {
+            let exact = f16::from_f32(x[t * d + c].clamp(-65504.0, 65504.0)).to_f32();
+            if y[t * d + c] != exact {
+                return Err(format!(
+                    "traced token {t} channel {c}: decoded {} is not f16({})",
+                    y[t * d + c],
+                    x[t * d + c]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Lanes: each stored scale is f16(mean |z|) and `T(decoded normals)` reproduces the lane rule's
 /// values with the sign of the input's z.
 fn check_lanes(
     codec: &Codec,
     mixed: MixedKeys,
     f: &KeyFields,
+    kept: &[bool],
     x: &[f32],
     y: &[f32],
 ) -> Result<(), String> {
@@ -617,7 +685,7 @@ fn check_lanes(
     let zhat = lanes_of(codec, mixed, &f.mask, y);
     let normals: Vec<usize> = f.mask.normals(d).collect();
     for j in 0..m {
-        let exact = mean_abs((0..g).map(|t| z[t * m + j]));
+        let exact = mean_abs((0..g).filter(|&t| kept[t]).map(|t| z[t * m + j]));
         let s = f64::from(f.scales[j].to_f32());
         if exact > F16_MAX {
             if s != F16_MAX {
@@ -638,7 +706,7 @@ fn check_lanes(
         }
     }
     let total: f64 = f.scales.iter().map(|s| f64::from(s.to_f32())).sum();
-    for t in 0..g {
+    for t in (0..g).filter(|&t| kept[t]) {
         let size: f64 = normals.iter().map(|&c| f64::from(x[t * d + c].abs())).sum();
         for j in 0..m {
             let zj = z[t * m + j];

@@ -85,7 +85,8 @@ fn mixed(r: f32, scope: OutlierScope, transform: Transform, lane_rule: LaneRule)
 }
 
 /// Every golden vector: all presets at (D, G) = (64, 32) and (18, 64) (one per distinct block
-/// configuration), two at D = 80, and variants of every option at (64, 32).
+/// configuration), two at D = 80, variants of every option at (64, 32), and tracing (OTT) on
+/// mixed keys.
 pub fn specs() -> Vec<Spec> {
     use Arithmetic::{F32, Reference};
     use LaneRule::{PaperCompat, Symmetric};
@@ -234,6 +235,21 @@ pub fn specs() -> Vec<Spec> {
         v.push(Spec {
             name: name.to_string(),
             config,
+            masked: false,
+        });
+    }
+    // Outlier-token tracing (OTT) on mixed keys: block scope f32, and layer scope under the
+    // reference arithmetic with two slots at G = 64.
+    for (name, s, d, g, slots) in [
+        ("vidkv-trace1-d64-g32", Scheme::Vidkv, 64, 32, 1),
+        ("vidkv-paper-trace2-d80-g64", Scheme::VidkvPaper, 80, 64, 2),
+    ] {
+        v.push(Spec {
+            name: name.to_string(),
+            config: QuantConfig {
+                traced_tokens: slots,
+                ..s.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap())
+            },
             masked: false,
         });
     }
@@ -425,6 +441,10 @@ pub fn fresh_input(spec: &Spec) -> (Vec<f16>, Vec<f16>) {
         // channel 3 on a 2-bit tie: values 0 and 3 give lo 0 and step 1; 1.5 sits on a tie
         for (t, v) in [0.0f32, 3.0, 1.5, 2.5].into_iter().enumerate() {
             x[t * d + 3] = v;
+        }
+        if spec.config.traced_tokens > 0 {
+            // A token of unusually large magnitude, for the tracer to find.
+            x[5 * d..6 * d].iter_mut().for_each(|v| *v *= 8.0);
         }
         x.into_iter().map(f16::from_f32).collect()
     };

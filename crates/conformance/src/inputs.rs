@@ -342,8 +342,12 @@ pub fn describe(c: &QuantConfig) -> String {
         ValueScheme::PerToken { bits } => format!("per-token({}b)", bits.get()),
         ValueScheme::PerChannel { bits } => format!("per-channel({}b)", bits.get()),
     };
+    let traced = match c.traced_tokens {
+        0 => String::new(),
+        n => format!(" traced={n}"),
+    };
     format!(
-        "D={} G={} keys={keys} values={values} {:?}",
+        "D={} G={} keys={keys} values={values} {:?}{traced}",
         c.head_dim.get(),
         c.group.tokens(),
         c.arithmetic
@@ -419,6 +423,11 @@ fn fix_up(mut c: QuantConfig) -> QuantConfig {
     c
 }
 
+/// Traced tokens per key block (OTT): mostly none, else 1, 2 or up to the largest limit.
+fn traced_tokens() -> impl Strategy<Value = u8> {
+    prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => 2u8..=32]
+}
+
 /// Any valid configuration: one of the presets, or any combination of options.
 pub fn config() -> impl Strategy<Value = QuantConfig> {
     let shape = || (head_dim(), prop::sample::select(vec![32usize, 64, 128]));
@@ -429,15 +438,20 @@ pub fn config() -> impl Strategy<Value = QuantConfig> {
         key_scheme(),
         value_scheme(),
         prop_oneof![Just(Arithmetic::F32), Just(Arithmetic::Reference)],
+        traced_tokens(),
     )
-        .prop_map(|((d, g), keys, values, arithmetic)| {
-            fix_up(QuantConfig::new(
-                HeadDim::new(d).unwrap(),
-                GroupSize::new(g).unwrap(),
-                keys,
-                values,
-                arithmetic,
-            ))
+        .prop_map(|((d, g), keys, values, arithmetic, traced)| {
+            fix_up(QuantConfig {
+                // At most G/4 slots (the configuration's limit).
+                traced_tokens: traced.min((g / 4) as u8),
+                ..QuantConfig::new(
+                    HeadDim::new(d).unwrap(),
+                    GroupSize::new(g).unwrap(),
+                    keys,
+                    values,
+                    arithmetic,
+                )
+            })
         });
     prop_oneof![1 => preset, 2 => custom]
 }

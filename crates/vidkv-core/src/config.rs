@@ -318,17 +318,22 @@ pub enum Scheme {
     /// [`Scheme::salient_fraction`] of tokens (p = 0.2) keep 2-bit values. The block encoding is
     /// vidkv's; which tokens are salient is the caller's input to the streaming cache.
     VidkvStp,
+    /// KIVI 2-bit ([`Scheme::Kivi2`]) with outlier-token tracing (OTT): per key block the
+    /// [`Scheme::traced_slots`] tokens that stretch the channel ranges most are kept in f16 and
+    /// left out of the block's key statistics.
+    Ott2,
 }
 
 impl Scheme {
     /// All presets, in report order.
-    pub const ALL: [Scheme; 6] = [
+    pub const ALL: [Scheme; 7] = [
         Scheme::Vidkv,
         Scheme::VidkvPaper,
         Scheme::Kivi2,
         Scheme::Kivi4,
         Scheme::Pc2,
         Scheme::VidkvStp,
+        Scheme::Ott2,
     ];
 
     /// The name used on the command line and in reports.
@@ -340,6 +345,17 @@ impl Scheme {
             Scheme::Kivi4 => "kivi4",
             Scheme::Pc2 => "pc2",
             Scheme::VidkvStp => "vidkv-stp",
+            Scheme::Ott2 => "ott2",
+        }
+    }
+
+    /// Traced tokens per key block of this preset for blocks of `group` tokens:
+    /// `max(1, round(0.015·G))` for [`Scheme::Ott2`] (1, 1 and 2 for G = 32, 64, 128), 0 for the
+    /// others.
+    pub fn traced_slots(self, group: GroupSize) -> u8 {
+        match self {
+            Scheme::Ott2 => libm::roundf(0.015 * group.tokens() as f32).max(1.0) as u8,
+            _ => 0,
         }
     }
 
@@ -383,7 +399,7 @@ impl Scheme {
                 },
                 Arithmetic::Reference,
             ),
-            Scheme::Kivi2 => (
+            Scheme::Kivi2 | Scheme::Ott2 => (
                 KeyScheme::PerChannel { bits: Bits::Two },
                 ValueScheme::PerToken { bits: Bits::Two },
                 Arithmetic::Reference,
@@ -399,7 +415,10 @@ impl Scheme {
                 Arithmetic::Reference,
             ),
         };
-        QuantConfig::new(head_dim, group, keys, values, arithmetic)
+        QuantConfig {
+            traced_tokens: self.traced_slots(group),
+            ..QuantConfig::new(head_dim, group, keys, values, arithmetic)
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use static_assertions::{const_assert, const_assert_eq};
 
 use crate::config::{Bits, KeyScheme, QuantConfig, ValueScheme};
 use crate::error::{Error, Result};
+use crate::traced::TracedLayout;
 
 /// Offset and f16 step of a min/max group: decode `lo + code·step`.
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
@@ -315,6 +316,7 @@ impl ValueLayout {
 pub struct Codec {
     config: QuantConfig,
     keys: KeyLayout,
+    traced: Option<TracedLayout>,
     values: ValueLayout,
 }
 
@@ -322,9 +324,14 @@ impl Codec {
     /// Validates `config` and derives its layouts.
     pub fn new(config: QuantConfig) -> Result<Self> {
         config.validate()?;
+        let keys = KeyLayout::new(&config);
+        let slots = usize::from(config.traced_tokens);
+        let traced = (slots > 0)
+            .then(|| TracedLayout::after(keys.block_bytes(), slots, config.head_dim.get()));
         Ok(Self {
             config,
-            keys: KeyLayout::new(&config),
+            keys,
+            traced,
             values: ValueLayout::new(&config),
         })
     }
@@ -354,14 +361,20 @@ impl Codec {
         &self.keys
     }
 
+    /// The traced-token part at the end of each key block (OTT), when
+    /// [`QuantConfig::traced_tokens`] is non-zero.
+    pub fn traced_layout(&self) -> Option<&TracedLayout> {
+        self.traced.as_ref()
+    }
+
     /// Value block layout.
     pub fn value_layout(&self) -> &ValueLayout {
         &self.values
     }
 
-    /// Bytes of one key block.
+    /// Bytes of one key block (the key scheme's sections plus the traced part, if any).
     pub fn key_block_bytes(&self) -> usize {
-        self.keys.block_bytes()
+        self.keys.block_bytes() + self.traced.map_or(0, |t| t.bytes())
     }
 
     /// Bytes of one value block.
@@ -369,7 +382,7 @@ impl Codec {
         self.values.block_bytes()
     }
 
-    /// All-in bits per key element (codes, scales, offsets and mask).
+    /// All-in bits per key element (codes, scales, offsets, mask and traced rows).
     pub fn key_bits_per_element(&self) -> f64 {
         (self.key_block_bytes() * 8) as f64 / self.block_elements() as f64
     }

@@ -3,6 +3,8 @@
 //! * [`config`] — validated quantization settings ([`QuantConfig`]) and the named presets
 //!   ([`Scheme`]) that the CLI and reports use;
 //! * [`layout`] — the byte layout of every block type (format version [`FORMAT_VERSION`]);
+//! * [`traced`] — outlier-token tracing (OTT): the traced part of key blocks and the encoder's
+//!   choice of tokens;
 //! * [`pack`] — the one set of bit-packing primitives (1/2/4-bit codes, base-3 trits, f16 fields);
 //! * [`backend`] — the [`KvQuantBackend`] trait that the scalar, SIMD and CUDA backends implement;
 //! * [`container`] — the `.vkv` file that holds a whole quantized cache;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod layout;
 pub mod outliers;
 pub mod pack;
+pub mod traced;
 
 pub use backend::{Capability, DType, HeadTensor, KvQuantBackend, Operation};
 pub use cache::{CacheConfig, KvCache, MemoryUsage, Salient};

@@ -16,6 +16,8 @@
 //! * **Per-channel values**: `lo_c·Σp + step_c·Σ p_t·code_{t,c}`.
 //! * **Per-token values** (KIVI): `Σ_t p_t·(lo_{t,g} + step_{t,g}·code)` with each token's
 //!   parameters.
+//! * **Traced tokens** (OTT): the block is scored from its codes as usual, then each traced
+//!   token's score is replaced by the exact f32 dot of the query with its f16 row.
 //! * **Salient tokens** take their value from the salient group row (or pending f16 row).
 //! * **f16 rows** (sinks, residual): converted tile by tile (G rows), f32 dot products.
 //!
@@ -497,6 +499,9 @@ struct KeyScorer {
     /// Unpacked codes of one block, `[channels, G]`.
     codes: Vec<f32>,
     mixed: Option<MixedState>,
+    /// The scaled queries `[nq, D]` and one traced key row (OTT).
+    queries: Vec<f32>,
+    traced_row: Vec<f32>,
 }
 
 /// What mixed-precision keys need beyond per-channel keys: the adjoint weights per mask.
@@ -577,7 +582,30 @@ impl KeyScorer {
             halves: vec![f16::ZERO; 2 * d],
             codes: vec![0.0; d * g],
             mixed,
+            queries: q.to_vec(),
+            traced_row: vec![0.0; d],
         }
+    }
+
+    /// Replaces the scores of the block's traced tokens (OTT) by exact dots with their f16 rows.
+    #[inline(never)]
+    fn patch_traced<const G: usize>(
+        &mut self,
+        codec: &Codec,
+        block: &[u8],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        let Some(layout) = codec.traced_layout() else {
+            return Ok(());
+        };
+        let d = self.d;
+        for (slot, t) in layout.tokens(block, G)? {
+            layout.row(block, slot, d, &mut self.traced_row)?;
+            for (q, row) in scores.chunks_exact_mut(G).enumerate().take(self.nq) {
+                row[t] = dot(&self.queries[q * d..][..d], &self.traced_row);
+            }
+        }
+        Ok(())
     }
 
     /// Constants and code weights of `n` code channels (their parameters start the section, in
@@ -615,9 +643,20 @@ impl KeyScorer {
         Ok(())
     }
 
-    /// Writes the block's scores into `scores` (`[nq, G]`).
-    #[inline(never)]
+    /// Writes the block's scores into `scores` (`[nq, G]`): codes first, then the traced tokens.
     fn score<const G: usize>(
+        &mut self,
+        codec: &Codec,
+        block: &[u8],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        self.score_codes::<G>(codec, block, scores)?;
+        self.patch_traced::<G>(codec, block, scores)
+    }
+
+    /// The scores of every token from the block's codes.
+    #[inline(never)]
+    fn score_codes<const G: usize>(
         &mut self,
         codec: &Codec,
         block: &[u8],

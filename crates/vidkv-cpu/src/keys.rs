@@ -5,6 +5,7 @@ use alloc::vec::Vec;
 
 use half::f16;
 use vidkv_core::pack::{f16_at, pack_codes, unpack_codes, write_f16s};
+use vidkv_core::traced::pick_traced;
 use vidkv_core::{
     AffineParams, Bits, ChannelMask, Codec, Error, KeyLayout, KeyScheme, LaneRule, MixedKeys,
     OutlierScope, Result,
@@ -32,16 +33,55 @@ pub fn encode_key_blocks(
             let fixed = fixed_outliers(codec, mixed, outliers)?;
             let transform = lane_transform(codec, mixed);
             for (rows, block) in io.blocks(input, out) {
-                encode_mixed(codec, &transform, fixed.as_ref(), rows, block);
+                let kept = trace_tokens(codec, rows, block);
+                encode_mixed(codec, &transform, fixed.as_ref(), rows, &kept, block);
             }
         }
         KeyScheme::PerChannel { bits } => {
             for (rows, block) in io.blocks(input, out) {
-                encode_per_channel(codec, bits, rows, block);
+                let kept = trace_tokens(codec, rows, block);
+                encode_per_channel(codec, bits, rows, &kept, block);
             }
         }
     }
     Ok(())
+}
+
+/// Chooses the block's traced tokens (OTT), writes their f16 rows and indices, and returns which
+/// tokens the block's statistics keep (all of them without tracing).
+fn trace_tokens(codec: &Codec, rows: &[f32], block: &mut [u8]) -> Vec<bool> {
+    let mut kept = vec![true; codec.group()];
+    if let Some(layout) = codec.traced_layout() {
+        let traced = pick_traced(rows, codec.head_dim(), layout.slots);
+        layout.write(&traced, rows, codec.head_dim(), block);
+        traced.iter().for_each(|&t| kept[t] = false);
+    }
+    kept
+}
+
+/// Overwrites the traced tokens of a decoded block with their f16 rows (OTT).
+fn restore_traced(codec: &Codec, block: &[u8], rows: &mut [f32]) -> Result<()> {
+    let Some(layout) = codec.traced_layout() else {
+        return Ok(());
+    };
+    let d = codec.head_dim();
+    for (slot, t) in layout.tokens(block, codec.group())? {
+        layout.row(block, slot, d, &mut rows[t * d..][..d])?;
+    }
+    Ok(())
+}
+
+/// Column `c` of the kept tokens of a block.
+fn kept_column<'a>(
+    rows: &'a [f32],
+    kept: &'a [bool],
+    d: usize,
+    c: usize,
+) -> impl Iterator<Item = f32> + 'a {
+    rows.chunks_exact(d)
+        .zip(kept)
+        .filter(|(_, k)| **k)
+        .map(move |(row, _)| row[c])
 }
 
 /// Decodes key blocks into row-major f32 `[blocks·G, D]`.
@@ -51,12 +91,16 @@ pub fn decode_key_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Resu
         KeyScheme::Mixed(mixed) => {
             let transform = lane_transform(codec, mixed);
             for (i, (block, rows)) in io.blocks_mut(encoded, out).enumerate() {
-                decode_mixed(codec, mixed, &transform, block, rows).map_err(|e| io.locate(e, i))?;
+                decode_mixed(codec, mixed, &transform, block, rows)
+                    .and_then(|()| restore_traced(codec, block, rows))
+                    .map_err(|e| io.locate(e, i))?;
             }
         }
         KeyScheme::PerChannel { .. } => {
             for (i, (block, rows)) in io.blocks_mut(encoded, out).enumerate() {
-                decode_per_channel(codec, block, rows).map_err(|e| io.locate(e, i))?;
+                decode_per_channel(codec, block, rows)
+                    .and_then(|()| restore_traced(codec, block, rows))
+                    .map_err(|e| io.locate(e, i))?;
             }
         }
     }
@@ -97,6 +141,7 @@ fn encode_mixed(
     transform: &LaneTransform,
     fixed: Option<&ChannelMask>,
     rows: &[f32],
+    kept: &[bool],
     block: &mut [u8],
 ) {
     let KeyLayout::Mixed {
@@ -114,7 +159,10 @@ fn encode_mixed(
     let (d, g, arith) = (codec.head_dim(), codec.group(), codec.config().arithmetic);
     let chosen = fixed.copied().unwrap_or_else(|| {
         let mut ranges = ChannelRanges::new(d);
-        ranges.add_rows(rows);
+        rows.chunks_exact(d)
+            .zip(kept)
+            .filter(|(_, k)| **k)
+            .for_each(|(row, _)| ranges.add_rows(row));
         ranges.top(arith, outliers)
     });
     chosen.write(&mut block[mask.range()]);
@@ -122,7 +170,7 @@ fn encode_mixed(
     let mut codes = vec![0u8; g];
     for (i, c) in chosen.outliers(d).enumerate() {
         let column = || rows.iter().skip(c).step_by(d).copied();
-        let p = affine::fit(arith, Bits::Two, column());
+        let p = affine::fit(arith, Bits::Two, kept_column(rows, kept, d, c));
         write_params(&mut block[outlier_params.range()], i, p);
         codes
             .iter_mut()
@@ -141,7 +189,8 @@ fn encode_mixed(
         let lane = || z.iter().skip(j).step_by(lanes).copied();
         // Saturate like every other stored scale: the unnormalised DFT of large inputs can
         // exceed the f16 range, and an infinite scale is what decoders reject as corrupt.
-        let scale = mean_abs(arith, lane()).min(F16_MAX);
+        let kept_lane = lane().zip(kept).filter(|(_, k)| **k).map(|(v, _)| v);
+        let scale = mean_abs(arith, kept_lane).min(F16_MAX);
         write_f16s(
             [f16::from_f32(scale)],
             &mut block[lane_scales.offset + 2 * j..][..2],
@@ -266,7 +315,7 @@ pub fn lane_value(rule: LaneRule, j: usize, bit: u8, s: f32) -> f32 {
     }
 }
 
-fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8]) {
+fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], kept: &[bool], block: &mut [u8]) {
     let KeyLayout::PerChannel { params, codes, .. } = *codec.key_layout() else {
         unreachable!("per-channel key scheme has a per-channel layout")
     };
@@ -275,7 +324,7 @@ fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8])
     let mut column_codes = vec![0u8; g];
     for c in 0..d {
         let column = || rows.iter().skip(c).step_by(d).copied();
-        let p: AffineParams = affine::fit(arith, bits, column());
+        let p: AffineParams = affine::fit(arith, bits, kept_column(rows, kept, d, c));
         write_params(&mut block[params.range()], c, p);
         column_codes
             .iter_mut()

@@ -329,7 +329,7 @@ fn every_scheme_and_shape_roundtrips_with_bounded_error() {
                 let (ke, ve) = (rel_error(&x, &kdec), rel_error(&v, &vdec));
                 let bound = match scheme {
                     Scheme::Kivi4 => 0.12,
-                    Scheme::Kivi2 | Scheme::Pc2 => 0.55,
+                    Scheme::Kivi2 | Scheme::Pc2 | Scheme::Ott2 => 0.55,
                     Scheme::Vidkv | Scheme::VidkvPaper | Scheme::VidkvStp => 0.9,
                 };
                 assert!(
