@@ -136,11 +136,14 @@ impl KvQuantBackend for SimdBackend {
     /// A streaming-cache job ([`AttentionArgs`]) through [`crate::attend_head`]: the sinks and
     /// the residual ring are gathered into one contiguous f16 tail (attention does not depend on
     /// token order). Jobs with salient tokens or a softmax scale other than `1/√D` run the scalar
-    /// kernel.
+    /// kernel, and so do traced-token (OTT) configurations that the SIMD kernel does not cover
+    /// (anything but mixed keys + ternary values, or the scalar level), so that they stay fused.
     fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
         let d = codec.head_dim();
         let default_scale = 1.0 / libm::sqrtf(d as f32);
-        if args.salient.is_some() || args.scale != default_scale {
+        let kernel = self.level != Level::Scalar && crate::kernel::covers(codec);
+        let traced_off_kernel = codec.config().traced_tokens > 0 && !kernel;
+        if args.salient.is_some() || args.scale != default_scale || traced_off_kernel {
             return ScalarBackend.attend(codec, args);
         }
         let short = |what, expected: usize, actual: usize| Error::ShapeMismatch {

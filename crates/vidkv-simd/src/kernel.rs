@@ -8,6 +8,8 @@
 //! * each query's per-block weights (`α_j = 2·w_j·s_j` for lanes with `w = T⁻ᵀ(q)`,
 //!   `q_c · step_c` for outliers) are quantized to int8 with one f32 scale per block and query,
 //!   and a score is an integer dot product (`vpdpbusd`, `pmaddubsw`+`pmaddwd`, `sdot`);
+//! * traced tokens (OTT) get exact f32 scores `q·row` from their f16 rows, which replace their
+//!   int8 scores before the softmax;
 //! * online softmax in f32; the weights `p_t` are quantized to 8 bits per block;
 //! * **values** — four token rows of base-3 bytes are interleaved so that one 32-bit word holds
 //!   the same byte of four tokens; the five digits are extracted with the multiply-by-3 trick
@@ -23,6 +25,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use vidkv_core::layout::trit_row_bytes;
+use vidkv_core::traced::TracedLayout;
 use vidkv_core::{
     ChannelMask, Codec, Error, KeyLayout, KeyScheme, LaneRule, Result, ValueLayout, ValueScheme,
 };
@@ -100,6 +103,8 @@ pub(crate) struct Plan {
     lane_bits: vidkv_core::Section,
     v_scales: vidkv_core::Section,
     v_trits: vidkv_core::Section,
+    /// Traced tokens (OTT) at the end of each key block, if any.
+    traced: Option<TracedLayout>,
     row_bytes: usize,
     segs: usize,
     /// Channel of each value accumulator slot (`usize::MAX` for padding).
@@ -174,6 +179,7 @@ impl Plan {
             lane_bits,
             v_scales: scales,
             v_trits: trits,
+            traced: codec.traced_layout().copied(),
             row_bytes,
             segs,
             slot_channel,
@@ -183,6 +189,14 @@ impl Plan {
     fn slots(&self) -> usize {
         self.slot_channel.len()
     }
+}
+
+/// Whether the SIMD kernel runs this codec (VidKV mixed keys + ternary values).
+pub(crate) fn covers(codec: &Codec) -> bool {
+    matches!(
+        (codec.config().keys, codec.config().values),
+        (KeyScheme::Mixed(_), ValueScheme::Ternary { .. })
+    )
 }
 
 /// Running softmax state of the quantized part for one query chunk.
@@ -300,6 +314,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
         out_inv[t] = 1.0 / I::OUT_CODE[t % 4];
     }
     let vlen = cache.value_blocks.len();
+    let mut traced = TracedScores::new(plan);
 
     for b in 0..cache.blocks {
         let kb = &cache.key_blocks[b * plan.key_bytes..][..plan.key_bytes];
@@ -376,6 +391,8 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
             cst[h] = c;
             sc_o[h] = quantize(&alpha[..k4], I::OUT_QMAX, &mut alpha_o[h * k4..][..k4]);
         }
+
+        traced.read(plan, qt, kb, kb_off)?;
 
         // ---- values: scales and trit check ----
         f16s(&vb[plan.v_scales.range()], &mut v_scale, true).map_err(|i| {
@@ -518,6 +535,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
                         + sc_o[h] * fo[t] as f32 * out_inv[t]
                         + cst[h];
                 }
+                traced.patch(sb, h, &mut score);
 
                 // ---- online softmax ----
                 let bmax = score.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
@@ -574,6 +592,57 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
         }
     }
     Ok(())
+}
+
+/// Exact scores of a block's traced tokens (OTT), which replace their int8 scores.
+struct TracedScores {
+    /// Token and exact scaled score per query, per filled slot.
+    tokens: Vec<(usize, Lanes)>,
+    row: Vec<f32>,
+}
+
+impl TracedScores {
+    fn new(plan: &Plan) -> Self {
+        Self {
+            tokens: Vec::with_capacity(plan.traced.map_or(0, |l| l.slots)),
+            row: vec![0.0; plan.d],
+        }
+    }
+
+    /// Reads and checks the traced part of key block `kb` (at `kb_off` in the cache) and
+    /// computes `q·row` for every query.
+    #[inline(always)]
+    fn read(&mut self, plan: &Plan, qt: &[Lanes], kb: &[u8], kb_off: usize) -> Result<()> {
+        self.tokens.clear();
+        let Some(layout) = plan.traced else {
+            return Ok(());
+        };
+        let shift = |e: Error| match e {
+            Error::Corrupt { what, offset } => corrupt(what, kb_off + offset),
+            other => other,
+        };
+        for (slot, t) in layout.tokens(kb, plan.g).map_err(shift)? {
+            layout.row(kb, slot, plan.d, &mut self.row).map_err(shift)?;
+            let mut acc = [0.0f32; W];
+            for (q, &x) in qt.iter().zip(&self.row) {
+                for h in 0..W {
+                    acc[h] += q[h] * x;
+                }
+            }
+            self.tokens.push((t, acc));
+        }
+        Ok(())
+    }
+
+    /// Replaces the scores of sub-block `sb`'s traced tokens for query `h`.
+    #[inline(always)]
+    fn patch(&self, sb: usize, h: usize, score: &mut [f32; SUB]) {
+        for &(t, exact) in &self.tokens {
+            if t / SUB == sb {
+                score[t % SUB] = exact[h];
+            }
+        }
+    }
 }
 
 /// Maps the slot accumulators of query `h` to channels: `out[c] += o_slots[slot(c)]`.
