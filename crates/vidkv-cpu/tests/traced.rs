@@ -297,3 +297,48 @@ fn fused_attention_over_traced_blocks_matches_the_reference() {
         }
     }
 }
+
+#[test]
+fn prefill_and_appends_give_the_same_traced_blocks() {
+    let mut rng = Rng(23);
+    let (heads, d, n) = (2, 64, 203);
+    for codec in [
+        traced(Scheme::Vidkv, d, 32, 2),
+        codec_of(Scheme::Ott2, d, 64),
+    ] {
+        let g = codec.group();
+        let cfg = CacheConfig {
+            residual: 40,
+            sinks: 1,
+            ..CacheConfig::new(codec, heads, heads * 2)
+        };
+        let per_head: Vec<Vec<f32>> = (0..heads).map(|_| rng.keys(n, d, g, 7.0)).collect();
+        let k: Vec<f32> = per_head.concat();
+        let v: Vec<f32> = (0..heads * n * d).map(|_| rng.normal()).collect();
+        let mut pre = KvCache::new(ScalarBackend, cfg).unwrap();
+        let s0 = pre.add_sequence().unwrap();
+        pre.prefill(s0, &k, &v, Salient::None).unwrap();
+        let mut inc = KvCache::new(ScalarBackend, cfg).unwrap();
+        let s1 = inc.add_sequence().unwrap();
+        for t in 0..n {
+            let row = |x: &[f32]| -> Vec<f32> {
+                (0..heads)
+                    .flat_map(|h| x[(h * n + t) * d..][..d].to_vec())
+                    .collect()
+            };
+            inc.append_token(s1, &row(&k), &row(&v), false).unwrap();
+        }
+        assert!(pre.blocks(s0) > 0);
+        for h in 0..heads {
+            assert_eq!(
+                pre.key_blocks(s0, h).unwrap(),
+                inc.key_blocks(s1, h).unwrap()
+            );
+        }
+        let q: Vec<f32> = (0..heads * 2 * d).map(|_| rng.normal()).collect();
+        let (mut a, mut b) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+        pre.attend(s0, &q, &mut a).unwrap();
+        inc.attend(s1, &q, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+}

@@ -290,8 +290,7 @@ impl KvQuantBackend for CudaBackend {
     }
 
     fn capability(&self, op: Operation, codec: &Codec) -> Capability {
-        let _ = (op, codec);
-        Capability::Supported
+        plan::capability(op, codec)
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buffer> {

@@ -8,14 +8,44 @@ use half::f16;
 use vidkv_core::backend::{AttentionArgs, DenseRows, SalientArgs};
 use vidkv_core::cache::salient_codec;
 use vidkv_core::{
-    Arithmetic, ChannelMask, Codec, DType, Error, KeyLayout, KeyScheme, LaneRule, OutlierScope,
-    Result, TernaryScale, Transform, ValueLayout, ValueScheme,
+    Arithmetic, Capability, ChannelMask, Codec, DType, Error, KeyLayout, KeyScheme, LaneRule,
+    Operation, OutlierScope, Result, TernaryScale, Transform, ValueLayout, ValueScheme,
 };
 
 use crate::params::{
     AttnJob, AttnParams, DecodeParams, DenseDesc, ERR_SLOT_CORRUPT, ERR_SLOT_NONFINITE,
     ERR_SLOT_RANGE, EncodeParams, KCodec, MAX_QUERY_HEADS,
 };
+
+/// Why traced-token configurations are refused.
+const TRACED_KEYS: &str =
+    "outlier-token tracing (traced_tokens > 0) is not implemented in the CUDA kernels";
+
+/// What the CUDA kernels run: every configuration, except that key blocks with traced tokens
+/// (OTT) are neither encoded, decoded nor attended (value blocks do not depend on tracing).
+pub fn capability(op: Operation, codec: &Codec) -> Capability {
+    let touches_keys = matches!(
+        op,
+        Operation::EncodeKeys | Operation::DecodeKeys | Operation::Attend
+    );
+    if touches_keys && codec.config().traced_tokens > 0 {
+        Capability::Unsupported(TRACED_KEYS)
+    } else {
+        Capability::Supported
+    }
+}
+
+/// [`Error::Unsupported`] for an operation that [`capability`] refuses.
+pub fn require(op: Operation, codec: &Codec) -> Result<()> {
+    match capability(op, codec) {
+        Capability::Supported => Ok(()),
+        Capability::Unsupported(reason) => Err(Error::Unsupported {
+            backend: "cuda",
+            operation: op.name(),
+            reason,
+        }),
+    }
+}
 
 /// The kernels of `kernels/*.cu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -293,6 +323,9 @@ pub fn check_encode(
     out_len: usize,
     outliers: Option<&ChannelMask>,
 ) -> Result<usize> {
+    if keys {
+        require(Operation::EncodeKeys, codec)?;
+    }
     let d = codec.head_dim();
     let expected = tokens * d * dtype.size();
     if input_len != expected {
@@ -352,6 +385,9 @@ pub fn check_decode(
     blocks: usize,
     out_len: usize,
 ) -> Result<()> {
+    if keys {
+        require(Operation::DecodeKeys, codec)?;
+    }
     let block_bytes = if keys {
         codec.key_block_bytes()
     } else {
@@ -698,6 +734,7 @@ pub fn attention_jobs<B>(
     a: &AttentionArgs<'_, B>,
     info: &dyn Fn(&B) -> (u64, usize),
 ) -> Result<Vec<AttnJob>> {
+    require(Operation::Attend, codec)?;
     let d = codec.head_dim();
     let nq = a.query_heads;
     if nq == 0 {

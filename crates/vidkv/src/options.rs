@@ -21,6 +21,8 @@ pub struct SchemeOptions {
     pub value_scale: Option<TernaryScale>,
     /// Encoder arithmetic (applies to every scheme).
     pub arithmetic: Option<Arithmetic>,
+    /// Traced tokens per key block (outlier-token tracing; applies to every scheme, 0 = off).
+    pub traced_tokens: Option<u8>,
 }
 
 impl Default for SchemeOptions {
@@ -31,6 +33,7 @@ impl Default for SchemeOptions {
             transform: None,
             value_scale: None,
             arithmetic: None,
+            traced_tokens: None,
         }
     }
 }
@@ -60,6 +63,9 @@ impl SchemeOptions {
         }
         if let Some(a) = self.arithmetic {
             config.arithmetic = a;
+        }
+        if let Some(n) = self.traced_tokens {
+            config.traced_tokens = n;
         }
         config
     }

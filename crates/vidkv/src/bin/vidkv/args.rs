@@ -38,7 +38,7 @@ pub struct EvalArgs {
     /// safetensors files with `k.L`/`k_post.L`/`v.L` tensors `[heads, tokens, head_dim]`;
     /// none: the two samples compiled into the binary (SmolLM2 and DINOv2).
     pub files: Vec<PathBuf>,
-    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2, vidkv-stp.
+    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2, vidkv-stp, ott2.
     /// Default: all.
     #[arg(long = "scheme", value_name = "NAME")]
     pub schemes: Vec<String>,
@@ -96,6 +96,10 @@ pub struct QuantArgs {
     /// Encoder arithmetic (all schemes).
     #[arg(long, value_enum)]
     pub arithmetic: Option<ArithmeticArg>,
+    /// Traced outlier tokens per key block, kept in f16 and left out of the block's key
+    /// statistics (all schemes; at most G/4; 0 turns tracing off, e.g. for ott2).
+    #[arg(long, value_name = "N")]
+    pub trace_tokens: Option<u8>,
 }
 
 /// `--transform`.
@@ -149,6 +153,7 @@ impl QuantArgs {
                 ArithmeticArg::F32 => Arithmetic::F32,
                 ArithmeticArg::Reference => Arithmetic::Reference,
             }),
+            traced_tokens: self.trace_tokens,
         })
     }
 }

@@ -9,7 +9,7 @@ use half::f16;
 use vidkv::attention::{DenseCache, attend_dense, attend_threaded};
 use vidkv::bench::{EncodeRow, Rng, Shape, StepRow, fastest_ms, read_bandwidth, synthetic_kv};
 use vidkv::{
-    CacheConfig, Codec, GroupSize, HeadDim, KvCache, KvQuantBackend, Result, Salient,
+    CacheConfig, Codec, GroupSize, HeadDim, KvCache, KvQuantBackend, QuantConfig, Result, Salient,
     ScalarBackend, Scheme,
 };
 
@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// needs the `cuda` feature).
     #[arg(long, default_value = "cpu", value_name = "BACKEND")]
     pub backend: String,
+    /// Traced outlier tokens per key block for every scheme (0 turns ott2's tracing off).
+    #[arg(long, value_name = "N")]
+    pub trace_tokens: Option<u8>,
 }
 
 /// `vidkv bench --backend cuda`: `vidkv_cuda::bench` on the same shape, schemes and token counts.
@@ -385,7 +388,11 @@ fn salient_scores(values: &[f32], shape: Shape, tokens: usize) -> Vec<f32> {
 }
 
 fn config(scheme: Scheme, shape: Shape, a: &BenchArgs) -> Result<CacheConfig> {
-    let codec = Codec::new(scheme.config(HeadDim::new(shape.head_dim)?, GroupSize::G32))?;
+    let preset = scheme.config(HeadDim::new(shape.head_dim)?, GroupSize::G32);
+    let codec = Codec::new(QuantConfig {
+        traced_tokens: a.trace_tokens.unwrap_or(preset.traced_tokens),
+        ..preset
+    })?;
     Ok(CacheConfig {
         residual: a.residual,
         sinks: a.sinks,
