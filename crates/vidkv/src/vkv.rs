@@ -326,8 +326,12 @@ pub fn describe(c: &vidkv_core::QuantConfig) -> String {
             format!("per-channel({} bits)", bits.get())
         }
     };
+    let traced = match c.traced_tokens {
+        0 => String::new(),
+        n => format!(" traced_tokens={n}"),
+    };
     format!(
-        "head_dim={} group={} keys={keys} values={values} arithmetic={:?}",
+        "head_dim={} group={} keys={keys} values={values} arithmetic={:?}{traced}",
         c.head_dim.get(),
         c.group.tokens(),
         c.arithmetic
