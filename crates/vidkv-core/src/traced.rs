@@ -87,8 +87,20 @@ impl TracedLayout {
     /// than [`EMPTY_SLOT`], or a token traced twice, is [`Error::Corrupt`] (offsets relative to
     /// the block).
     pub fn tokens(&self, block: &[u8], group: usize) -> Result<Vec<(usize, usize)>> {
-        let mut seen = [false; 256];
         let mut out = Vec::with_capacity(self.slots);
+        self.tokens_into(block, group, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::tokens`] into a reused buffer (cleared first).
+    pub fn tokens_into(
+        &self,
+        block: &[u8],
+        group: usize,
+        out: &mut Vec<(usize, usize)>,
+    ) -> Result<()> {
+        out.clear();
+        let mut seen = [false; 256];
         for (slot, &i) in block[self.indices.range()].iter().enumerate() {
             if i == EMPTY_SLOT {
                 continue;
@@ -110,7 +122,7 @@ impl TracedLayout {
             seen[t] = true;
             out.push((slot, t));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The f16 row of `slot` as f32, checked finite.

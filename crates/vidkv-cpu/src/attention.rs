@@ -502,6 +502,7 @@ struct KeyScorer {
     /// The scaled queries `[nq, D]` and one traced key row (OTT).
     queries: Vec<f32>,
     traced_row: Vec<f32>,
+    traced: Vec<(usize, usize)>,
 }
 
 /// What mixed-precision keys need beyond per-channel keys: the adjoint weights per mask.
@@ -584,6 +585,7 @@ impl KeyScorer {
             mixed,
             queries: q.to_vec(),
             traced_row: vec![0.0; d],
+            traced: Vec::with_capacity(usize::from(codec.config().traced_tokens)),
         }
     }
 
@@ -599,7 +601,8 @@ impl KeyScorer {
             return Ok(());
         };
         let d = self.d;
-        for (slot, t) in layout.tokens(block, G)? {
+        layout.tokens_into(block, G, &mut self.traced)?;
+        for &(slot, t) in &self.traced {
             layout.row(block, slot, d, &mut self.traced_row)?;
             for (q, row) in scores.chunks_exact_mut(G).enumerate().take(self.nq) {
                 row[t] = dot(&self.queries[q * d..][..d], &self.traced_row);

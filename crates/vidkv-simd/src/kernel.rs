@@ -598,6 +598,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
 struct TracedScores {
     /// Token and exact scaled score per query, per filled slot.
     tokens: Vec<(usize, Lanes)>,
+    slots: Vec<(usize, usize)>,
     row: Vec<f32>,
 }
 
@@ -605,6 +606,7 @@ impl TracedScores {
     fn new(plan: &Plan) -> Self {
         Self {
             tokens: Vec::with_capacity(plan.traced.map_or(0, |l| l.slots)),
+            slots: Vec::with_capacity(plan.traced.map_or(0, |l| l.slots)),
             row: vec![0.0; plan.d],
         }
     }
@@ -621,7 +623,10 @@ impl TracedScores {
             Error::Corrupt { what, offset } => corrupt(what, kb_off + offset),
             other => other,
         };
-        for (slot, t) in layout.tokens(kb, plan.g).map_err(shift)? {
+        layout
+            .tokens_into(kb, plan.g, &mut self.slots)
+            .map_err(shift)?;
+        for &(slot, t) in &self.slots {
             layout.row(kb, slot, plan.d, &mut self.row).map_err(shift)?;
             let mut acc = [0.0f32; W];
             for (q, &x) in qt.iter().zip(&self.row) {
