@@ -76,6 +76,10 @@ fn check(codec: &Codec, blocks: usize, residual: usize, hq: usize, seed: u64, to
         let mut got = vec![0.0f32; hq * d];
         attend_head(level, codec, &q, &cache, &mut got).unwrap();
         let e = rel(&got, &want);
+        eprintln!(
+            "{level} d={d} g={} hq={hq}: rel error {e:.4}",
+            codec.group()
+        );
         assert!(
             e < tol,
             "{level} d={d} g={} blocks={blocks} res={residual} hq={hq}: rel error {e}",
