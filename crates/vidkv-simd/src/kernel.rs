@@ -271,31 +271,27 @@ fn quantize(x: &[f32], qmax: f32, out: &mut [i8]) -> f32 {
 /// `qo[h·out_stride + i]` is query `h` at outlier channel `i`; padding stays zero.
 pub(crate) struct MaskWeights {
     prev: Option<ChannelMask>,
-    normals: Vec<usize>,
-    outl: Vec<usize>,
     x: Vec<Lanes>,
     w: Vec<Lanes>,
     scratch: Vec<Lanes>,
     x_out: Vec<Lanes>,
-    lane_stride: usize,
-    out_stride: usize,
+    /// `(lane_stride, out_stride)` of the transposed copies, `None` for SoA rows only.
+    strides: Option<(usize, usize)>,
     pub wt: Vec<f32>,
     pub qo: Vec<f32>,
 }
 
 impl MaskWeights {
-    pub fn new(plan: &Plan, lane_stride: usize, out_stride: usize) -> Self {
-        let (d, m, k) = (plan.d, plan.m, plan.k);
+    pub fn new(plan: &Plan, strides: Option<(usize, usize)>) -> Self {
+        let (d, m) = (plan.d, plan.m);
+        let (lane_stride, out_stride) = strides.unwrap_or((0, 0));
         Self {
             prev: None,
-            normals: Vec::with_capacity(d),
-            outl: Vec::with_capacity(d),
-            x: vec![[0.0; W]; m.max(1)],
+            x: vec![[0.0; W]; d.max(1)],
             w: vec![[0.0; W]; m.max(1)],
             scratch: vec![[0.0; W]; 2 * m.max(1)],
-            x_out: vec![[0.0; W]; k.max(1)],
-            lane_stride,
-            out_stride,
+            x_out: vec![[0.0; W]; d.max(1)],
+            strides,
             wt: vec![0.0; W * lane_stride],
             qo: vec![0.0; W * out_stride],
         }
@@ -308,28 +304,35 @@ impl MaskWeights {
             return;
         }
         let (m, k) = (plan.m, plan.k);
-        self.normals.clear();
-        self.outl.clear();
+        // Branch-free split (the mask changes at almost every block): every channel's query
+        // row is written to both lists, and only the list it belongs to advances.
+        let (mut nn, mut no) = (0, 0);
         for c in 0..plan.d {
-            if mask.contains(c) {
-                self.outl.push(c);
-            } else {
-                self.normals.push(c);
-            }
+            let bit = ((mask.words[c / 32] >> (c % 32)) & 1) as usize;
+            self.x[nn] = qt[c];
+            self.x_out[no] = qt[c];
+            nn += 1 - bit;
+            no += bit;
         }
         if m > 0 {
-            for (xn, &c) in self.x.iter_mut().zip(&self.normals) {
-                *xn = qt[c];
-            }
             plan.adjoint
                 .apply(&self.x[..m], &mut self.w[..m], &mut self.scratch);
-            transpose_into(&self.w[..m], hq, &mut self.wt, self.lane_stride);
         }
-        for (xn, &c) in self.x_out.iter_mut().zip(&self.outl) {
-            *xn = qt[c];
+        if let Some((ls, os)) = self.strides {
+            transpose_into(&self.w[..m], hq, &mut self.wt, ls);
+            transpose_into(&self.x_out[..k], hq, &mut self.qo, os);
         }
-        transpose_into(&self.x_out[..k], hq, &mut self.qo, self.out_stride);
         self.prev = Some(mask);
+    }
+
+    /// The lane weights as SoA rows (`[lane][query]`).
+    pub fn lane_rows(&self, plan: &Plan) -> &[Lanes] {
+        &self.w[..plan.m]
+    }
+
+    /// The queries at the outlier channels as SoA rows (`[outlier][query]`).
+    pub fn outlier_rows(&self, plan: &Plan) -> &[Lanes] {
+        &self.x_out[..plan.k]
     }
 }
 
@@ -472,7 +475,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
     // Per-mask and per-block state. Lane and outlier counts are padded to whole groups of 4
     // (zero weights).
     let (m4, k4) = (4 * lg, 4 * og);
-    let mut mw = MaskWeights::new(plan, m4, k4);
+    let mut mw = MaskWeights::new(plan, Some((m4, k4)));
     let mut hdr = BlockHeader::new(plan);
     let (mut sfa, mut sfb) = (vec![0.0f32; m4], vec![0.0f32; m4]);
     let (mut o_lo, mut o_step) = (vec![0.0f32; k4], vec![0.0f32; k4]);

@@ -160,103 +160,172 @@ fn weight_word(w: &[i8], at: usize) -> i32 {
     ])
 }
 
-/// Per-block int8 weights of `H` queries (lanes and outliers) with their scales and constants.
+/// Per-block int8 weights of `H` queries with their scales and constants. The weights are
+/// computed in the structure-of-arrays layout the adjoint produces (row `j` = 8 queries) and
+/// transposed as int8: chunk `k` (64 bytes) holds byte `8·h + jj` = weight `8·k + jj` of query
+/// `h`, so query `h`'s weights of group `gi` are the word at `64·(gi/2) + 8·h + 4·(gi mod 2)`.
 struct Weights<const H: usize> {
-    /// `[h][lanes padded to 16]`.
     lanes: alloc::vec::Vec<i8>,
-    /// `[h][outliers padded to 16]`.
     outs: alloc::vec::Vec<i8>,
     sc_l: [f32; H],
     sc_o: [f32; H],
     cst: [f32; H],
-    /// f32 scratch of one query's weights.
+    /// f32 weights of one block, SoA rows.
     tmp: alloc::vec::Vec<f32>,
-    /// Per-lane `fa·s`, `fb·s`; per-outlier step and offset (padded with zeros).
+    /// int8 weights, SoA rows, before the transpose.
+    soa: alloc::vec::Vec<i8>,
+    /// Per-lane `fa·s` and `fb·s` (padded with zeros).
     sfa: alloc::vec::Vec<f32>,
     sfb: alloc::vec::Vec<f32>,
-    step: alloc::vec::Vec<f32>,
-    lo: alloc::vec::Vec<f32>,
-    m16: usize,
-    k16: usize,
+}
+
+/// Byte offset of query `h`'s weight word for group `gi` in [`Weights`]' transposed layout.
+#[inline(always)]
+fn weight_at(h: usize, gi: usize) -> usize {
+    64 * (gi / 2) + 8 * h + 4 * (gi % 2)
 }
 
 impl<const H: usize> Weights<H> {
     fn new(plan: &Plan) -> Self {
-        let (m16, k16) = (plan.m.next_multiple_of(16), plan.k.next_multiple_of(16));
+        let rows = plan.m.max(plan.k).next_multiple_of(8);
         Self {
-            lanes: alloc::vec![0; H * m16],
-            outs: alloc::vec![0; H * k16],
+            lanes: alloc::vec![0; 8 * plan.m.next_multiple_of(8)],
+            outs: alloc::vec![0; 8 * plan.k.next_multiple_of(8)],
             sc_l: [0.0; H],
             sc_o: [0.0; H],
             cst: [0.0; H],
-            tmp: alloc::vec![0.0; m16.max(k16)],
-            sfa: alloc::vec![0.0; m16],
-            sfb: alloc::vec![0.0; m16],
-            step: alloc::vec![0.0; k16],
-            lo: alloc::vec![0.0; k16],
-            m16,
-            k16,
+            tmp: alloc::vec![0.0; 8 * rows],
+            soa: alloc::vec![0; 8 * rows],
+            sfa: alloc::vec![0.0; plan.m + 4],
+            sfb: alloc::vec![0.0; plan.m + 4],
         }
     }
 
     /// α = w·fa·s per lane and q·step per outlier, quantized per query; constant Σ w·fb·s + Σ q·lo.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")]
     fn compute(&mut self, plan: &Plan, hdr: &BlockHeader, mw: &MaskWeights) {
         for j in 0..plan.m {
             self.sfa[j] = plan.lane_fa[j] * hdr.s_lane[j];
             self.sfb[j] = plan.lane_fb[j] * hdr.s_lane[j];
         }
-        for i in 0..plan.k {
-            self.lo[i] = hdr.params[2 * i];
-            self.step[i] = hdr.params[2 * i + 1];
-        }
-        for h in 0..H {
-            let mut c = _mm512_setzero_ps();
-            let wt = &mw.wt[h * self.m16..][..self.m16];
-            let amax = scale_rows(wt, &self.sfa, &self.sfb, &mut self.tmp, &mut c);
-            self.sc_l[h] =
-                quantize_row(&self.tmp[..self.m16], amax, &mut self.lanes[h * self.m16..]);
-            let qo = &mw.qo[h * self.k16..][..self.k16];
-            let amax = scale_rows(qo, &self.step, &self.lo, &mut self.tmp, &mut c);
-            self.sc_o[h] =
-                quantize_row(&self.tmp[..self.k16], amax, &mut self.outs[h * self.k16..]);
-            self.cst[h] = _mm512_reduce_add_ps(c);
-        }
+        let mut c = _mm512_setzero_ps();
+        let (sfa, sfb) = (&self.sfa, &self.sfb);
+        // Lane pair p: factors [s_2p ×8, s_2p+1 ×8].
+        let lane_ab = |p: usize| {
+            // SAFETY: `sfa`, `sfb` hold m + 4 floats and 2p < m.
+            unsafe {
+                let a = _mm512_castps128_ps512(_mm_loadu_ps(sfa.as_ptr().add(2 * p)));
+                let b = _mm512_castps128_ps512(_mm_loadu_ps(sfb.as_ptr().add(2 * p)));
+                (pair_bcast(a, 0, 1), pair_bcast(b, 0, 1))
+            }
+        };
+        let amax = scale_pairs(mw.lane_rows(plan), lane_ab, &mut self.tmp, &mut c);
+        let sc = quantize_pairs(plan.m, amax, &self.tmp, &mut self.soa, &mut self.lanes);
+        self.sc_l = core::array::from_fn(|h| sc[h]);
+        let params = &hdr.params;
+        // Outlier pair p: params [lo, step, lo, step] of outliers 2p, 2p + 1.
+        let out_ab = |p: usize| {
+            let n = (2 * plan.k - 4 * p).min(4);
+            // SAFETY: the masked load reads `n` floats at 4p, inside the 2k parameters.
+            let v = unsafe {
+                _mm512_castps128_ps512(_mm_maskz_loadu_ps(
+                    (1u8 << n) - 1,
+                    params.as_ptr().add(4 * p),
+                ))
+            };
+            (pair_bcast(v, 1, 3), pair_bcast(v, 0, 2))
+        };
+        let amax = scale_pairs(mw.outlier_rows(plan), out_ab, &mut self.tmp, &mut c);
+        let sc = quantize_pairs(plan.k, amax, &self.tmp, &mut self.soa, &mut self.outs);
+        self.sc_o = core::array::from_fn(|h| sc[h]);
+        let c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps::<1>(c));
+        let mut cs = [0.0f32; 8];
+        // SAFETY: 8 writable floats.
+        unsafe { _mm256_storeu_ps(cs.as_mut_ptr(), c8) };
+        self.cst = core::array::from_fn(|h| cs[h]);
     }
 }
 
-/// `tmp = w·a`, `c += w·b` (16 at a time); returns max |w·a|.
+/// `[v[i] ×8, v[j] ×8]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn pair_bcast(v: __m512, i: i32, j: i32) -> __m512 {
+    let idx = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(i), _mm512_set1_epi32(j));
+    _mm512_permutexvar_ps(idx, v)
+}
+
+/// For SoA rows in pairs (16 floats = 2 rows × 8 queries): `tmp = rows·a(p)`, `c += rows·b(p)`;
+/// returns max |rows·a| per query.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn scale_rows(w: &[f32], a: &[f32], b: &[f32], tmp: &mut [f32], c: &mut __m512) -> f32 {
+fn scale_pairs(
+    rows: &[Lanes],
+    ab: impl Fn(usize) -> (__m512, __m512),
+    tmp: &mut [f32],
+    c: &mut __m512,
+) -> __m256 {
     let mut amax = _mm512_setzero_ps();
-    for i in (0..w.len()).step_by(16) {
-        // SAFETY: `w`, `a`, `b` and `tmp` hold at least `w.len()` (a multiple of 16) floats.
+    let flat = rows.as_flattened();
+    for p in 0..rows.len().div_ceil(2) {
+        let mask: u16 = if 2 * p + 1 < rows.len() {
+            0xFFFF
+        } else {
+            0x00FF
+        };
+        let (a, b) = ab(p);
+        // SAFETY: the masked load reads the existing rows 2p (and 2p + 1); `tmp` holds 8 floats
+        // per row rounded up to whole chunks of 8 rows.
         unsafe {
-            let wv = _mm512_loadu_ps(w.as_ptr().add(i));
-            let av = _mm512_mul_ps(wv, _mm512_loadu_ps(a.as_ptr().add(i)));
-            *c = _mm512_fmadd_ps(wv, _mm512_loadu_ps(b.as_ptr().add(i)), *c);
-            _mm512_storeu_ps(tmp.as_mut_ptr().add(i), av);
+            let wv = _mm512_maskz_loadu_ps(mask, flat.as_ptr().add(16 * p));
+            let av = _mm512_mul_ps(wv, a);
+            *c = _mm512_fmadd_ps(wv, b, *c);
+            _mm512_storeu_ps(tmp.as_mut_ptr().add(16 * p), av);
             amax = _mm512_max_ps(amax, _mm512_abs_ps(av));
         }
     }
-    _mm512_reduce_max_ps(amax)
+    _mm256_max_ps(
+        _mm512_castps512_ps256(amax),
+        _mm512_extractf32x8_ps::<1>(amax),
+    )
 }
 
-/// Rounds `x·127/amax` to int8 into `out`; returns the scale `amax/127` (0 when `amax` is 0).
+/// Quantizes `n` SoA rows of `tmp` to int8 per query (|q| ≤ 127) into `soa`, transposes them
+/// into `out` ([`Weights`]' layout) and returns the per-query scales (0 for all-zero weights).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn quantize_row(x: &[f32], amax: f32, out: &mut [i8]) -> f32 {
-    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    let iv = _mm512_set1_ps(inv);
-    for i in (0..x.len()).step_by(16) {
-        // SAFETY: `x` holds a multiple of 16 floats and `out` at least as many bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")]
+fn quantize_pairs(n: usize, amax: __m256, tmp: &[f32], soa: &mut [i8], out: &mut [i8]) -> [f32; 8] {
+    let pos = _mm256_cmp_ps_mask::<_CMP_GT_OQ>(amax, _mm256_setzero_ps());
+    let inv8 = _mm256_maskz_div_ps(pos, _mm256_set1_ps(127.0), amax);
+    let inv = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(inv8), inv8);
+    for p in 0..n.div_ceil(2) {
+        // SAFETY: `tmp` holds the 16 floats of pair p; `soa` 16 bytes at 16p.
         unsafe {
-            let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), iv));
-            _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi8(q));
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(
+                _mm512_loadu_ps(tmp.as_ptr().add(16 * p)),
+                inv,
+            ));
+            _mm_storeu_si128(soa.as_mut_ptr().add(16 * p).cast(), _mm512_cvtepi32_epi8(q));
         }
     }
-    amax / 127.0
+    // Byte 8·h + jj of a chunk ← byte 8·jj + h.
+    let idx: [u8; 64] = core::array::from_fn(|i| (8 * (i % 8) + i / 8) as u8);
+    // SAFETY: 64 readable bytes.
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+    for k in 0..n.div_ceil(8) {
+        // SAFETY: `soa` and `out` hold whole 64-byte chunks of 8 rows.
+        unsafe {
+            let v = _mm512_loadu_si512(soa.as_ptr().add(64 * k).cast());
+            _mm512_storeu_si512(
+                out.as_mut_ptr().add(64 * k).cast(),
+                _mm512_permutexvar_epi8(idx, v),
+            );
+        }
+    }
+    let sc = _mm256_mul_ps(amax, _mm256_set1_ps(1.0 / 127.0));
+    let mut s = [0.0f32; 8];
+    // SAFETY: 8 writable floats.
+    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), sc) };
+    s
 }
 
 /// Quantized blocks and residual with the 512-bit kernel.
@@ -296,11 +365,7 @@ fn quantized<const H: usize>(
 ) -> Result<()> {
     let ct = CodeTables::new();
     let tt = TritTables::new(plan.row_bytes);
-    let mut mw = MaskWeights::new(
-        plan,
-        plan.m.next_multiple_of(16),
-        plan.k.next_multiple_of(16),
-    );
+    let mut mw = MaskWeights::new(plan, None);
     let mut hdr = BlockHeader::new(plan);
     let mut wts = Weights::<H>::new(plan);
     let mut chunk = [0u8; 32];
@@ -365,7 +430,7 @@ fn key_scores<const H: usize>(
         let c0 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.lane_idx[0], c), ct.lane_sel);
         let c1 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.lane_idx[1], c), ct.lane_sel);
         for (h, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_set1_epi32(weight_word(&w.lanes, h * w.m16 + 4 * gi));
+            let wv = _mm512_set1_epi32(weight_word(&w.lanes, weight_at(h, gi)));
             a[0] = _mm512_dpbusd_epi32(a[0], c0, wv);
             a[1] = _mm512_dpbusd_epi32(a[1], c1, wv);
         }
@@ -385,7 +450,7 @@ fn key_scores<const H: usize>(
         let c0 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.out_idx[0], c), ct.out_sel);
         let c1 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.out_idx[1], c), ct.out_sel);
         for (h, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_set1_epi32(weight_word(&w.outs, h * w.k16 + 4 * gi));
+            let wv = _mm512_set1_epi32(weight_word(&w.outs, weight_at(h, gi)));
             a[0] = _mm512_dpbusd_epi32(a[0], c0, wv);
             a[1] = _mm512_dpbusd_epi32(a[1], c1, wv);
         }
@@ -462,12 +527,8 @@ fn head_update(
     // Σ p·q = Σ p·(digit − 1): start every accumulator at −Σ p.
     let mut acc = [_mm512_set1_epi32(-psum); VREGS];
     for qd in 0..QUADS {
-        let pv = _mm512_set1_epi32(i32::from_le_bytes([
-            pbytes[4 * qd],
-            pbytes[4 * qd + 1],
-            pbytes[4 * qd + 2],
-            pbytes[4 * qd + 3],
-        ]));
+        let pw: [u8; 4] = pbytes[4 * qd..4 * qd + 4].try_into().unwrap_or([0; 4]);
+        let pv = _mm512_set1_epi32(i32::from_le_bytes(pw));
         for (a, dv) in acc.iter_mut().zip(&digits[qd * VREGS..][..VREGS]) {
             *a = _mm512_dpbusd_epi32(*a, pv, *dv);
         }
