@@ -12,7 +12,7 @@
 
 use core::arch::x86_64::*;
 
-use vidkv_core::Result;
+use vidkv_core::{ChannelMask, Result};
 
 use crate::attend::{HeadCache, Residual, residual_part};
 use crate::fft::Lanes;
@@ -328,6 +328,67 @@ fn quantize_pairs(n: usize, amax: __m256, tmp: &[f32], soa: &mut [i8], out: &mut
     s
 }
 
+/// Converts LE f16 `bytes` to `out` (16 at a time); `false` if any is not finite, or negative
+/// (other than −0) at a position whose bit is set in the 16-bit pattern `nonneg`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn f16s_checked(bytes: &[u8], out: &mut [f32], nonneg: u16) -> bool {
+    let n = out.len().min(bytes.len() / 2);
+    let mut bad = 0u16;
+    for i in (0..n).step_by(16) {
+        let lm = u16::MAX >> (16 - (n - i).min(16));
+        // SAFETY: the masked load and store touch only the `n − i` (≤ 16) elements left.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(lm, bytes.as_ptr().add(2 * i).cast());
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), lm, _mm512_cvtph_ps(h));
+            let exp = _mm256_set1_epi16(0x7c00);
+            let inf = _mm256_cmpeq_epi16_mask(_mm256_and_si256(h, exp), exp);
+            let neg = _mm256_cmpgt_epu16_mask(h, _mm256_set1_epi16(0x8000u16 as i16));
+            bad |= (inf | (neg & nonneg)) & lm;
+        }
+    }
+    bad == 0
+}
+
+/// Whether every byte is a valid trit byte (≤ 242).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn trits_valid(bytes: &[u8]) -> bool {
+    let mut mx = _mm512_setzero_si512();
+    for i in (0..bytes.len()).step_by(64) {
+        let lm = u64::MAX >> (64 - (bytes.len() - i).min(64));
+        // SAFETY: the masked load reads only the bytes left.
+        let v = unsafe { _mm512_maskz_loadu_epi8(lm, bytes.as_ptr().add(i).cast()) };
+        mx = _mm512_max_epu8(mx, v);
+    }
+    let limit = _mm512_set1_epi8(vidkv_core::pack::MAX_TRIT_BYTE as i8);
+    _mm512_cmpgt_epu8_mask(mx, limit) == 0
+}
+
+/// [`BlockHeader::read`] with 512-bit conversions and checks: `None` when anything is invalid
+/// (the caller then lets `BlockHeader::read` name the error).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn read_header(
+    plan: &Plan,
+    cache: &HeadCache<'_>,
+    b: usize,
+    hdr: &mut BlockHeader,
+) -> Option<ChannelMask> {
+    let kb = &cache.key_blocks[b * plan.key_bytes..][..plan.key_bytes];
+    let vb = &cache.value_blocks[b * plan.value_bytes..][..plan.value_bytes];
+    let mask = ChannelMask::read(&kb[plan.mask.range()], plan.d, plan.k).ok()?;
+    let ok = f16s_checked(&kb[plan.lane_scales.range()], &mut hdr.s_lane, u16::MAX)
+        & f16s_checked(&kb[plan.outlier_params.range()], &mut hdr.params, 0xAAAA)
+        & f16s_checked(
+            &vb[plan.v_scales.range()],
+            &mut hdr.v_scale[..plan.d],
+            u16::MAX,
+        )
+        & trits_valid(&vb[plan.v_trits.range()]);
+    ok.then_some(mask)
+}
+
 /// Quantized blocks and residual with the 512-bit kernel.
 ///
 /// # Safety
@@ -384,7 +445,10 @@ fn quantized<const H: usize>(
     for b in 0..cache.blocks {
         let kb = &cache.key_blocks[b * plan.key_bytes..][..plan.key_bytes];
         let vb = &cache.value_blocks[b * plan.value_bytes..][..plan.value_bytes];
-        let mask = hdr.read(plan, cache, b)?;
+        let mask = match read_header(plan, cache, b, &mut hdr) {
+            Some(mask) => mask,
+            None => hdr.read(plan, cache, b)?,
+        };
         mw.update(plan, qt, H, mask);
         wts.compute(plan, &hdr, &mw);
         for (s, idx) in scale.iter_mut().zip(&slot_idx) {
