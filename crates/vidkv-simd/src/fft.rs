@@ -21,19 +21,19 @@ pub const W: usize = 8;
 pub type Lanes = [f32; W];
 
 #[inline(always)]
-fn add(a: Lanes, b: Lanes) -> Lanes {
+fn add<const L: usize>(a: [f32; L], b: [f32; L]) -> [f32; L] {
     core::array::from_fn(|i| a[i] + b[i])
 }
 #[inline(always)]
-fn sub(a: Lanes, b: Lanes) -> Lanes {
+fn sub<const L: usize>(a: [f32; L], b: [f32; L]) -> [f32; L] {
     core::array::from_fn(|i| a[i] - b[i])
 }
 #[inline(always)]
-fn scale(a: Lanes, s: f32) -> Lanes {
+fn scale<const L: usize>(a: [f32; L], s: f32) -> [f32; L] {
     core::array::from_fn(|i| a[i] * s)
 }
 #[inline(always)]
-fn mul_add(acc: Lanes, a: Lanes, s: f32) -> Lanes {
+fn mul_add<const L: usize>(acc: [f32; L], a: [f32; L], s: f32) -> [f32; L] {
     core::array::from_fn(|i| acc[i] + a[i] * s)
 }
 
@@ -102,15 +102,21 @@ impl Adjoint {
         }
     }
 
-    /// `w = T⁻ᵀ(x)` for W queries; `scratch` holds at least `2·M` rows.
+    /// `w = T⁻ᵀ(x)` for `L` queries (8, or 16: two blocks' 8 queries side by side);
+    /// `scratch` holds at least `2·M` rows.
     #[inline(always)]
-    pub fn apply(&self, x: &[Lanes], w: &mut [Lanes], scratch: &mut [Lanes]) {
+    pub fn apply<const L: usize>(
+        &self,
+        x: &[[f32; L]],
+        w: &mut [[f32; L]],
+        scratch: &mut [[f32; L]],
+    ) {
         match self {
             Adjoint::Copy => w.copy_from_slice(x),
             Adjoint::Dense { m, a } => {
                 for (j, wj) in w.iter_mut().enumerate().take(*m) {
                     let row = &a[j * m..][..*m];
-                    let mut acc = [0.0f32; W];
+                    let mut acc = [0.0f32; L];
                     for (xn, &c) in x.iter().zip(row) {
                         acc = mul_add(acc, *xn, c);
                     }
@@ -121,9 +127,9 @@ impl Adjoint {
                 let t = Twiddles { rev, tw, tw_m };
                 match m / 2 {
                     // Fixed sizes let the compiler unroll the stages and drop bounds checks.
-                    16 => fft_adjoint_fixed::<16>(&t, x, w, scratch),
-                    32 => fft_adjoint_fixed::<32>(&t, x, w, scratch),
-                    64 => fft_adjoint_fixed::<64>(&t, x, w, scratch),
+                    16 => fft_adjoint_fixed::<16, L>(&t, x, w, scratch),
+                    32 => fft_adjoint_fixed::<32, L>(&t, x, w, scratch),
+                    64 => fft_adjoint_fixed::<64, L>(&t, x, w, scratch),
                     _ => fft_adjoint(*m, rev, tw, x, w, scratch),
                 }
             }
@@ -141,16 +147,16 @@ struct Twiddles<'a> {
 /// [`fft_adjoint`] for `M = 2·N`, with the trivial twiddles (1 and −i) of the first two stages
 /// skipped and the final scaling folded into the untangling twiddles.
 #[inline(always)]
-fn fft_adjoint_fixed<const N: usize>(
+fn fft_adjoint_fixed<const N: usize, const L: usize>(
     t: &Twiddles<'_>,
-    x: &[Lanes],
-    w: &mut [Lanes],
-    scratch: &mut [Lanes],
+    x: &[[f32; L]],
+    w: &mut [[f32; L]],
+    scratch: &mut [[f32; L]],
 ) {
     let (re, im) = scratch[..2 * N].split_at_mut(N);
-    let re: &mut [Lanes; N] = re.try_into().expect("scratch holds M rows");
-    let im: &mut [Lanes; N] = im.try_into().expect("scratch holds M rows");
-    let x: &[Lanes] = &x[..2 * N];
+    let re: &mut [[f32; L]; N] = re.try_into().expect("scratch holds M rows");
+    let im: &mut [[f32; L]; N] = im.try_into().expect("scratch holds M rows");
+    let x: &[[f32; L]] = &x[..2 * N];
     let rev: &[usize] = &t.rev[..N];
     let tw: &[(f32, f32)] = &t.tw[..N];
     // Bit reversal fused with the first stage (span 1, twiddle 1).
@@ -207,13 +213,13 @@ fn fft_adjoint_fixed<const N: usize>(
 
 /// Real DFT of M points through a complex FFT of M/2 points, then the adjoint's lane scaling.
 #[inline(always)]
-fn fft_adjoint(
+fn fft_adjoint<const L: usize>(
     m: usize,
     rev: &[usize],
     tw: &[(f32, f32)],
-    x: &[Lanes],
-    w: &mut [Lanes],
-    scratch: &mut [Lanes],
+    x: &[[f32; L]],
+    w: &mut [[f32; L]],
+    scratch: &mut [[f32; L]],
 ) {
     let half = m / 2;
     let (re, im) = scratch[..2 * half].split_at_mut(half);

@@ -275,23 +275,23 @@ pub(crate) struct MaskWeights {
     w: Vec<Lanes>,
     scratch: Vec<Lanes>,
     x_out: Vec<Lanes>,
-    /// `(lane_stride, out_stride)` of the transposed copies, `None` for SoA rows only.
-    strides: Option<(usize, usize)>,
+    lane_stride: usize,
+    out_stride: usize,
     pub wt: Vec<f32>,
     pub qo: Vec<f32>,
 }
 
 impl MaskWeights {
-    pub fn new(plan: &Plan, strides: Option<(usize, usize)>) -> Self {
+    pub fn new(plan: &Plan, lane_stride: usize, out_stride: usize) -> Self {
         let (d, m) = (plan.d, plan.m);
-        let (lane_stride, out_stride) = strides.unwrap_or((0, 0));
         Self {
             prev: None,
             x: vec![[0.0; W]; d.max(1)],
             w: vec![[0.0; W]; m.max(1)],
             scratch: vec![[0.0; W]; 2 * m.max(1)],
             x_out: vec![[0.0; W]; d.max(1)],
-            strides,
+            lane_stride,
+            out_stride,
             wt: vec![0.0; W * lane_stride],
             qo: vec![0.0; W * out_stride],
         }
@@ -318,21 +318,9 @@ impl MaskWeights {
             plan.adjoint
                 .apply(&self.x[..m], &mut self.w[..m], &mut self.scratch);
         }
-        if let Some((ls, os)) = self.strides {
-            transpose_into(&self.w[..m], hq, &mut self.wt, ls);
-            transpose_into(&self.x_out[..k], hq, &mut self.qo, os);
-        }
+        transpose_into(&self.w[..m], hq, &mut self.wt, self.lane_stride);
+        transpose_into(&self.x_out[..k], hq, &mut self.qo, self.out_stride);
         self.prev = Some(mask);
-    }
-
-    /// The lane weights as SoA rows (`[lane][query]`).
-    pub fn lane_rows(&self, plan: &Plan) -> &[Lanes] {
-        &self.w[..plan.m]
-    }
-
-    /// The queries at the outlier channels as SoA rows (`[outlier][query]`).
-    pub fn outlier_rows(&self, plan: &Plan) -> &[Lanes] {
-        &self.x_out[..plan.k]
     }
 }
 
@@ -475,7 +463,7 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
     // Per-mask and per-block state. Lane and outlier counts are padded to whole groups of 4
     // (zero weights).
     let (m4, k4) = (4 * lg, 4 * og);
-    let mut mw = MaskWeights::new(plan, Some((m4, k4)));
+    let mut mw = MaskWeights::new(plan, m4, k4);
     let mut hdr = BlockHeader::new(plan);
     let (mut sfa, mut sfb) = (vec![0.0f32; m4], vec![0.0f32; m4]);
     let (mut o_lo, mut o_step) = (vec![0.0f32; k4], vec![0.0f32; k4]);

@@ -16,9 +16,7 @@ use vidkv_core::{ChannelMask, Result};
 
 use crate::attend::{HeadCache, Residual, residual_part};
 use crate::fft::Lanes;
-use crate::kernel::{
-    BlockHeader, MaskWeights, Plan, QuantState, SUB, WIDE_SEG, lane_chunk, outlier_chunk,
-};
+use crate::kernel::{BlockHeader, Plan, QuantState, SUB, WIDE_SEG, lane_chunk, outlier_chunk};
 use crate::math::exp_approx;
 
 /// Value registers per 4-token quad: 2 segments × 5 digits.
@@ -160,6 +158,64 @@ fn weight_word(w: &[i8], at: usize) -> i32 {
     ])
 }
 
+/// The adjoint rows of two consecutive blocks side by side (lanes 0..8: the first block's
+/// queries, 8..16: the second's), so that one 512-bit FFT serves both: with block-scope outliers
+/// the mask, hence the adjoint, changes at almost every block.
+struct PairRows {
+    prev: Option<[ChannelMask; 2]>,
+    x: alloc::vec::Vec<[f32; 16]>,
+    w: alloc::vec::Vec<[f32; 16]>,
+    scratch: alloc::vec::Vec<[f32; 16]>,
+    x_out: alloc::vec::Vec<[f32; 16]>,
+}
+
+impl PairRows {
+    fn new(plan: &Plan) -> Self {
+        let (d, m) = (plan.d.max(1), plan.m.max(1));
+        Self {
+            prev: None,
+            x: alloc::vec![[0.0; 16]; d],
+            w: alloc::vec![[0.0; 16]; m],
+            scratch: alloc::vec![[0.0; 16]; 2 * m],
+            x_out: alloc::vec![[0.0; 16]; d],
+        }
+    }
+
+    /// Splits the queries by both masks (branch-free) and runs the adjoint, unless the masks
+    /// are those of the previous pair.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
+    fn update(&mut self, plan: &Plan, qt: &[Lanes], masks: [ChannelMask; 2]) {
+        if self.prev == Some(masks) {
+            return;
+        }
+        let (mut nn, mut no) = ([0usize; 2], [0usize; 2]);
+        for c in 0..plan.d {
+            for half in 0..2 {
+                let bit = ((masks[half].words[c / 32] >> (c % 32)) & 1) as usize;
+                self.x[nn[half]][8 * half..][..8].copy_from_slice(&qt[c]);
+                self.x_out[no[half]][8 * half..][..8].copy_from_slice(&qt[c]);
+                nn[half] += 1 - bit;
+                no[half] += bit;
+            }
+        }
+        let m = plan.m;
+        if m > 0 {
+            plan.adjoint
+                .apply(&self.x[..m], &mut self.w[..m], &mut self.scratch);
+        }
+        self.prev = Some(masks);
+    }
+
+    fn lane_rows(&self, plan: &Plan) -> &[[f32; 16]] {
+        &self.w[..plan.m]
+    }
+
+    fn outlier_rows(&self, plan: &Plan) -> &[[f32; 16]] {
+        &self.x_out[..plan.k]
+    }
+}
+
 /// Per-block int8 weights of `H` queries with their scales and constants. The weights are
 /// computed in the structure-of-arrays layout the adjoint produces (row `j` = 8 queries) and
 /// transposed as int8: chunk `k` (64 bytes) holds byte `8·h + jj` = weight `8·k + jj` of query
@@ -203,7 +259,7 @@ impl<const H: usize> Weights<H> {
 
     /// α = w·fa·s per lane and q·step per outlier, quantized per query; constant Σ w·fb·s + Σ q·lo.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vbmi")]
-    fn compute(&mut self, plan: &Plan, hdr: &BlockHeader, mw: &MaskWeights) {
+    fn compute(&mut self, plan: &Plan, hdr: &BlockHeader, pr: &PairRows, half: usize) {
         for j in 0..plan.m {
             self.sfa[j] = plan.lane_fa[j] * hdr.s_lane[j];
             self.sfb[j] = plan.lane_fb[j] * hdr.s_lane[j];
@@ -219,7 +275,7 @@ impl<const H: usize> Weights<H> {
                 (pair_bcast(a, 0, 1), pair_bcast(b, 0, 1))
             }
         };
-        let amax = scale_pairs(mw.lane_rows(plan), lane_ab, &mut self.tmp, &mut c);
+        let amax = scale_pairs(pr.lane_rows(plan), half, lane_ab, &mut self.tmp, &mut c);
         let sc = quantize_pairs(plan.m, amax, &self.tmp, &mut self.soa, &mut self.lanes);
         self.sc_l = core::array::from_fn(|h| sc[h]);
         let params = &hdr.params;
@@ -235,7 +291,7 @@ impl<const H: usize> Weights<H> {
             };
             (pair_bcast(v, 1, 3), pair_bcast(v, 0, 2))
         };
-        let amax = scale_pairs(mw.outlier_rows(plan), out_ab, &mut self.tmp, &mut c);
+        let amax = scale_pairs(pr.outlier_rows(plan), half, out_ab, &mut self.tmp, &mut c);
         let sc = quantize_pairs(plan.k, amax, &self.tmp, &mut self.soa, &mut self.outs);
         self.sc_o = core::array::from_fn(|h| sc[h]);
         let c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps::<1>(c));
@@ -254,29 +310,31 @@ fn pair_bcast(v: __m512, i: i32, j: i32) -> __m512 {
     _mm512_permutexvar_ps(idx, v)
 }
 
-/// For SoA rows in pairs (16 floats = 2 rows × 8 queries): `tmp = rows·a(p)`, `c += rows·b(p)`;
-/// returns max |rows·a| per query.
+/// For the SoA rows of block `half` of a [`PairRows`], two rows (16 floats) at a time:
+/// `tmp = rows·a(p)`, `c += rows·b(p)`; returns max |rows·a| per query.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq")]
 fn scale_pairs(
-    rows: &[Lanes],
+    rows: &[[f32; 16]],
+    half: usize,
     ab: impl Fn(usize) -> (__m512, __m512),
     tmp: &mut [f32],
     c: &mut __m512,
 ) -> __m256 {
     let mut amax = _mm512_setzero_ps();
-    let flat = rows.as_flattened();
     for p in 0..rows.len().div_ceil(2) {
-        let mask: u16 = if 2 * p + 1 < rows.len() {
-            0xFFFF
-        } else {
-            0x00FF
-        };
         let (a, b) = ab(p);
-        // SAFETY: the masked load reads the existing rows 2p (and 2p + 1); `tmp` holds 8 floats
-        // per row rounded up to whole chunks of 8 rows.
+        let lo = &rows[2 * p][8 * half..][..8];
+        let hi = rows
+            .get(2 * p + 1)
+            .map_or(&[0.0f32; 8][..], |r| &r[8 * half..][..8]);
+        // SAFETY: `lo` and `hi` are 8 floats each; `tmp` holds 8 floats per row rounded up to
+        // whole chunks of 8 rows.
         unsafe {
-            let wv = _mm512_maskz_loadu_ps(mask, flat.as_ptr().add(16 * p));
+            let wv = _mm512_insertf32x8::<1>(
+                _mm512_castps256_ps512(_mm256_loadu_ps(lo.as_ptr())),
+                _mm256_loadu_ps(hi.as_ptr()),
+            );
             let av = _mm512_mul_ps(wv, a);
             *c = _mm512_fmadd_ps(wv, b, *c);
             _mm512_storeu_ps(tmp.as_mut_ptr().add(16 * p), av);
@@ -426,8 +484,8 @@ fn quantized<const H: usize>(
 ) -> Result<()> {
     let ct = CodeTables::new();
     let tt = TritTables::new(plan.row_bytes);
-    let mut mw = MaskWeights::new(plan, None);
-    let mut hdr = BlockHeader::new(plan);
+    let mut pr = PairRows::new(plan);
+    let mut hdrs = [BlockHeader::new(plan), BlockHeader::new(plan)];
     let mut wts = Weights::<H>::new(plan);
     let mut chunk = [0u8; 32];
     let mut digits = [_mm512_setzero_si512(); QUADS * VREGS];
@@ -442,34 +500,39 @@ fn quantized<const H: usize>(
         *v = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
     }
     let subs = plan.g / SUB;
-    for b in 0..cache.blocks {
-        let kb = &cache.key_blocks[b * plan.key_bytes..][..plan.key_bytes];
-        let vb = &cache.value_blocks[b * plan.value_bytes..][..plan.value_bytes];
-        let mask = match read_header(plan, cache, b, &mut hdr) {
-            Some(mask) => mask,
-            None => hdr.read(plan, cache, b)?,
-        };
-        mw.update(plan, qt, H, mask);
-        wts.compute(plan, &hdr, &mw);
-        for (s, idx) in scale.iter_mut().zip(&slot_idx) {
-            // SAFETY: every index is below `d + 1 = hdr.v_scale.len()`.
-            *s = unsafe { _mm512_i32gather_ps::<4>(*idx, hdr.v_scale.as_ptr()) };
+    let slots = crate::kernel::slot_count(plan);
+    let mut b = 0;
+    while b < cache.blocks {
+        let n = (cache.blocks - b).min(2);
+        let mut masks = [ChannelMask::default(); 2];
+        for i in 0..n {
+            masks[i] = match read_header(plan, cache, b + i, &mut hdrs[i]) {
+                Some(mask) => mask,
+                None => hdrs[i].read(plan, cache, b + i)?,
+            };
         }
-        for sb in 0..subs {
-            let mut scores = [[_mm512_setzero_ps(); 2]; H];
-            key_scores(plan, &ct, &wts, kb, sb, &mut chunk, &mut scores);
-            value_digits(plan, &tt, vb, sb, &mut digits);
-            for h in 0..H {
-                head_update(
-                    h,
-                    &scores[h],
-                    &digits,
-                    &scale,
-                    state,
-                    crate::kernel::slot_count(plan),
-                );
+        if n == 1 {
+            masks[1] = masks[0];
+        }
+        pr.update(plan, qt, masks);
+        for (i, hdr) in hdrs.iter().enumerate().take(n) {
+            let kb = &cache.key_blocks[(b + i) * plan.key_bytes..][..plan.key_bytes];
+            let vb = &cache.value_blocks[(b + i) * plan.value_bytes..][..plan.value_bytes];
+            wts.compute(plan, hdr, &pr, i);
+            for (s, idx) in scale.iter_mut().zip(&slot_idx) {
+                // SAFETY: every index is below `d + 1 = hdr.v_scale.len()`.
+                *s = unsafe { _mm512_i32gather_ps::<4>(*idx, hdr.v_scale.as_ptr()) };
+            }
+            for sb in 0..subs {
+                let mut scores = [[_mm512_setzero_ps(); 2]; H];
+                key_scores(plan, &ct, &wts, kb, sb, &mut chunk, &mut scores);
+                value_digits(plan, &tt, vb, sb, &mut digits);
+                for h in 0..H {
+                    head_update(h, &scores[h], &digits, &scale, state, slots);
+                }
             }
         }
+        b += n;
     }
     Ok(())
 }
