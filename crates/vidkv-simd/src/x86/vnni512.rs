@@ -189,22 +189,44 @@ impl PairRows {
         if self.prev == Some(masks) {
             return;
         }
-        let (mut nn, mut no) = ([0usize; 2], [0usize; 2]);
-        for c in 0..plan.d {
-            for half in 0..2 {
-                let bit = ((masks[half].words[c / 32] >> (c % 32)) & 1) as usize;
-                self.x[nn[half]][8 * half..][..8].copy_from_slice(&qt[c]);
-                self.x_out[no[half]][8 * half..][..8].copy_from_slice(&qt[c]);
-                nn[half] += 1 - bit;
-                no[half] += bit;
-            }
-        }
+        self.split(plan, qt, masks);
         let m = plan.m;
         if m > 0 {
             plan.adjoint
                 .apply(&self.x[..m], &mut self.w[..m], &mut self.scratch);
         }
         self.prev = Some(masks);
+    }
+
+    /// Appends every channel's query row to the normal or the outlier list of each block
+    /// (both lists are written, only the right one advances: no branches).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    fn split(&mut self, plan: &Plan, qt: &[Lanes], masks: [ChannelMask; 2]) {
+        let d = plan.d.min(qt.len()).min(self.x.len()).min(self.x_out.len());
+        let q = qt.as_ptr().cast::<f32>();
+        let (xp, op) = (
+            self.x.as_mut_ptr().cast::<f32>(),
+            self.x_out.as_mut_ptr().cast::<f32>(),
+        );
+        let (mut na, mut nb, mut oa, mut ob) = (0usize, 0usize, 0usize, 0usize);
+        for wi in 0..d.div_ceil(32) {
+            let (mut a, mut b) = (masks[0].words[wi], masks[1].words[wi]);
+            for c in 32 * wi..d.min(32 * wi + 32) {
+                let (ba, bb) = ((a & 1) as usize, (b & 1) as usize);
+                (a, b) = (a >> 1, b >> 1);
+                // SAFETY: c < d ≤ qt.len(); every list index is at most c, below the d rows
+                // of `x` and `x_out` (16 floats each, the second block at offset 8).
+                unsafe {
+                    let v = _mm256_loadu_ps(q.add(8 * c));
+                    _mm256_storeu_ps(xp.add(16 * na), v);
+                    _mm256_storeu_ps(xp.add(16 * nb + 8), v);
+                    _mm256_storeu_ps(op.add(16 * oa), v);
+                    _mm256_storeu_ps(op.add(16 * ob + 8), v);
+                }
+                (na, nb, oa, ob) = (na + 1 - ba, nb + 1 - bb, oa + ba, ob + bb);
+            }
+        }
     }
 
     fn lane_rows(&self, plan: &Plan) -> &[[f32; 16]] {
