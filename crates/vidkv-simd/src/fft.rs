@@ -20,21 +20,59 @@ pub const W: usize = 8;
 /// A row element for `W` queries.
 pub type Lanes = [f32; W];
 
+/// One row element of the adjoint: the same element for several queries (and blocks).
+/// `[f32; L]` is the portable row; a level may supply a register type.
+pub(crate) trait Row: Copy {
+    /// All zero.
+    fn zero() -> Self;
+    /// `self + b`.
+    fn add(self, b: Self) -> Self;
+    /// `self − b`.
+    fn sub(self, b: Self) -> Self;
+    /// `self · s`.
+    fn scale(self, s: f32) -> Self;
+    /// `self + a · s`.
+    fn mul_add(self, a: Self, s: f32) -> Self;
+}
+
+impl<const L: usize> Row for [f32; L] {
+    #[inline(always)]
+    fn zero() -> Self {
+        [0.0; L]
+    }
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        core::array::from_fn(|i| self[i] + b[i])
+    }
+    #[inline(always)]
+    fn sub(self, b: Self) -> Self {
+        core::array::from_fn(|i| self[i] - b[i])
+    }
+    #[inline(always)]
+    fn scale(self, s: f32) -> Self {
+        core::array::from_fn(|i| self[i] * s)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, s: f32) -> Self {
+        core::array::from_fn(|i| self[i] + a[i] * s)
+    }
+}
+
 #[inline(always)]
-fn add<const L: usize>(a: [f32; L], b: [f32; L]) -> [f32; L] {
-    core::array::from_fn(|i| a[i] + b[i])
+fn add<R: Row>(a: R, b: R) -> R {
+    a.add(b)
 }
 #[inline(always)]
-fn sub<const L: usize>(a: [f32; L], b: [f32; L]) -> [f32; L] {
-    core::array::from_fn(|i| a[i] - b[i])
+fn sub<R: Row>(a: R, b: R) -> R {
+    a.sub(b)
 }
 #[inline(always)]
-fn scale<const L: usize>(a: [f32; L], s: f32) -> [f32; L] {
-    core::array::from_fn(|i| a[i] * s)
+fn scale<R: Row>(a: R, s: f32) -> R {
+    a.scale(s)
 }
 #[inline(always)]
-fn mul_add<const L: usize>(acc: [f32; L], a: [f32; L], s: f32) -> [f32; L] {
-    core::array::from_fn(|i| acc[i] + a[i] * s)
+fn mul_add<R: Row>(acc: R, a: R, s: f32) -> R {
+    acc.mul_add(a, s)
 }
 
 /// Precomputed adjoint of one lane transform.
@@ -105,18 +143,13 @@ impl Adjoint {
     /// `w = T⁻ᵀ(x)` for `L` queries (8, or 16: two blocks' 8 queries side by side);
     /// `scratch` holds at least `2·M` rows.
     #[inline(always)]
-    pub fn apply<const L: usize>(
-        &self,
-        x: &[[f32; L]],
-        w: &mut [[f32; L]],
-        scratch: &mut [[f32; L]],
-    ) {
+    pub(crate) fn apply<R: Row>(&self, x: &[R], w: &mut [R], scratch: &mut [R]) {
         match self {
             Adjoint::Copy => w.copy_from_slice(x),
             Adjoint::Dense { m, a } => {
                 for (j, wj) in w.iter_mut().enumerate().take(*m) {
                     let row = &a[j * m..][..*m];
-                    let mut acc = [0.0f32; L];
+                    let mut acc = R::zero();
                     for (xn, &c) in x.iter().zip(row) {
                         acc = mul_add(acc, *xn, c);
                     }
@@ -127,9 +160,9 @@ impl Adjoint {
                 let t = Twiddles { rev, tw, tw_m };
                 match m / 2 {
                     // Fixed sizes let the compiler unroll the stages and drop bounds checks.
-                    16 => fft_adjoint_fixed::<16, L>(&t, x, w, scratch),
-                    32 => fft_adjoint_fixed::<32, L>(&t, x, w, scratch),
-                    64 => fft_adjoint_fixed::<64, L>(&t, x, w, scratch),
+                    16 => fft_adjoint_fixed::<16, R>(&t, x, w, scratch),
+                    32 => fft_adjoint_fixed::<32, R>(&t, x, w, scratch),
+                    64 => fft_adjoint_fixed::<64, R>(&t, x, w, scratch),
                     _ => fft_adjoint(*m, rev, tw, x, w, scratch),
                 }
             }
@@ -147,16 +180,16 @@ struct Twiddles<'a> {
 /// [`fft_adjoint`] for `M = 2·N`, with the trivial twiddles (1 and −i) of the first two stages
 /// skipped and the final scaling folded into the untangling twiddles.
 #[inline(always)]
-fn fft_adjoint_fixed<const N: usize, const L: usize>(
+fn fft_adjoint_fixed<const N: usize, R: Row>(
     t: &Twiddles<'_>,
-    x: &[[f32; L]],
-    w: &mut [[f32; L]],
-    scratch: &mut [[f32; L]],
+    x: &[R],
+    w: &mut [R],
+    scratch: &mut [R],
 ) {
     let (re, im) = scratch[..2 * N].split_at_mut(N);
-    let re: &mut [[f32; L]; N] = re.try_into().expect("scratch holds M rows");
-    let im: &mut [[f32; L]; N] = im.try_into().expect("scratch holds M rows");
-    let x: &[[f32; L]] = &x[..2 * N];
+    let re: &mut [R; N] = re.try_into().expect("scratch holds M rows");
+    let im: &mut [R; N] = im.try_into().expect("scratch holds M rows");
+    let x: &[R] = &x[..2 * N];
     let rev: &[usize] = &t.rev[..N];
     let tw: &[(f32, f32)] = &t.tw[..N];
     // Bit reversal fused with the first stage (span 1, twiddle 1).
@@ -213,13 +246,13 @@ fn fft_adjoint_fixed<const N: usize, const L: usize>(
 
 /// Real DFT of M points through a complex FFT of M/2 points, then the adjoint's lane scaling.
 #[inline(always)]
-fn fft_adjoint<const L: usize>(
+fn fft_adjoint<R: Row>(
     m: usize,
     rev: &[usize],
     tw: &[(f32, f32)],
-    x: &[[f32; L]],
-    w: &mut [[f32; L]],
-    scratch: &mut [[f32; L]],
+    x: &[R],
+    w: &mut [R],
+    scratch: &mut [R],
 ) {
     let half = m / 2;
     let (re, im) = scratch[..2 * half].split_at_mut(half);

@@ -15,7 +15,7 @@ use core::arch::x86_64::*;
 use vidkv_core::{ChannelMask, Result};
 
 use crate::attend::{HeadCache, Residual, residual_part};
-use crate::fft::Lanes;
+use crate::fft::{Lanes, Row};
 use crate::kernel::{BlockHeader, Plan, QuantState, SUB, WIDE_SEG, lane_chunk, outlier_chunk};
 use crate::math::exp_approx;
 
@@ -158,26 +158,70 @@ fn weight_word(w: &[i8], at: usize) -> i32 {
     ])
 }
 
+/// A 16-lane adjoint row in one register, so that the FFT's butterflies are single 512-bit
+/// operations (portable `[f32; 16]` rows get vectorized across iterations, with scatters).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Zmm(__m512);
+
+// SAFETY (every method): `Zmm` values exist only inside this module's kernel, which runs after
+// `supported()` confirmed AVX-512F.
+impl Row for Zmm {
+    #[inline(always)]
+    fn zero() -> Self {
+        // SAFETY: see the impl comment.
+        Zmm(unsafe { _mm512_setzero_ps() })
+    }
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        // SAFETY: see the impl comment.
+        Zmm(unsafe { _mm512_add_ps(self.0, b.0) })
+    }
+    #[inline(always)]
+    fn sub(self, b: Self) -> Self {
+        // SAFETY: see the impl comment.
+        Zmm(unsafe { _mm512_sub_ps(self.0, b.0) })
+    }
+    #[inline(always)]
+    fn scale(self, s: f32) -> Self {
+        // SAFETY: see the impl comment.
+        Zmm(unsafe { _mm512_mul_ps(self.0, _mm512_set1_ps(s)) })
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, s: f32) -> Self {
+        // SAFETY: see the impl comment.
+        Zmm(unsafe { _mm512_fmadd_ps(a.0, _mm512_set1_ps(s), self.0) })
+    }
+}
+
+/// The rows as 16 floats each.
+fn as_floats(rows: &[Zmm]) -> &[[f32; 16]] {
+    // SAFETY: `Zmm` is a transparent 64-byte `__m512`, any bit pattern of which is 16 valid
+    // floats; `[f32; 16]` needs less alignment.
+    unsafe { core::slice::from_raw_parts(rows.as_ptr().cast(), rows.len()) }
+}
+
 /// The adjoint rows of two consecutive blocks side by side (lanes 0..8: the first block's
 /// queries, 8..16: the second's), so that one 512-bit FFT serves both: with block-scope outliers
 /// the mask, hence the adjoint, changes at almost every block.
 struct PairRows {
     prev: Option<[ChannelMask; 2]>,
-    x: alloc::vec::Vec<[f32; 16]>,
-    w: alloc::vec::Vec<[f32; 16]>,
-    scratch: alloc::vec::Vec<[f32; 16]>,
-    x_out: alloc::vec::Vec<[f32; 16]>,
+    x: alloc::vec::Vec<Zmm>,
+    w: alloc::vec::Vec<Zmm>,
+    scratch: alloc::vec::Vec<Zmm>,
+    x_out: alloc::vec::Vec<Zmm>,
 }
 
 impl PairRows {
+    #[target_feature(enable = "avx512f")]
     fn new(plan: &Plan) -> Self {
         let (d, m) = (plan.d.max(1), plan.m.max(1));
         Self {
             prev: None,
-            x: alloc::vec![[0.0; 16]; d],
-            w: alloc::vec![[0.0; 16]; m],
-            scratch: alloc::vec![[0.0; 16]; 2 * m],
-            x_out: alloc::vec![[0.0; 16]; d],
+            x: alloc::vec![Zmm::zero(); d],
+            w: alloc::vec![Zmm::zero(); m],
+            scratch: alloc::vec![Zmm::zero(); 2 * m],
+            x_out: alloc::vec![Zmm::zero(); d],
         }
     }
 
@@ -230,11 +274,11 @@ impl PairRows {
     }
 
     fn lane_rows(&self, plan: &Plan) -> &[[f32; 16]] {
-        &self.w[..plan.m]
+        as_floats(&self.w[..plan.m])
     }
 
     fn outlier_rows(&self, plan: &Plan) -> &[[f32; 16]] {
-        &self.x_out[..plan.k]
+        as_floats(&self.x_out[..plan.k])
     }
 }
 
