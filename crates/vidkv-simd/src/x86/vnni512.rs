@@ -147,15 +147,18 @@ fn exp512(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// Reads 4 int8 weights at `w[at..at + 4]` as one broadcast word.
+/// The weight chunk of group `gi` (64 bytes: 8 queries × 8 weights, see [`Weights`]).
 #[inline(always)]
-fn weight_word(w: &[i8], at: usize) -> i32 {
-    i32::from_le_bytes([
-        w[at] as u8,
-        w[at + 1] as u8,
-        w[at + 2] as u8,
-        w[at + 3] as u8,
-    ])
+fn weight_chunk(w: &[i8], gi: usize) -> &[i8; 64] {
+    w[64 * (gi / 2)..][..64].try_into().expect("whole chunks")
+}
+
+/// Query `h`'s 4 weights of group `gi` in its chunk, as one word to broadcast.
+#[inline(always)]
+fn weight_word(chunk: &[i8; 64], h: usize, gi: usize) -> i32 {
+    let at = 8 * (h % 8) + 4 * (gi % 2);
+    let b: [i8; 4] = [chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]];
+    i32::from_le_bytes(b.map(|v| v as u8))
 }
 
 /// A 16-lane adjoint row in one register, so that the FFT's butterflies are single 512-bit
@@ -299,12 +302,6 @@ struct Weights<const H: usize> {
     /// Per-lane `fa·s` and `fb·s` (padded with zeros).
     sfa: alloc::vec::Vec<f32>,
     sfb: alloc::vec::Vec<f32>,
-}
-
-/// Byte offset of query `h`'s weight word for group `gi` in [`Weights`]' transposed layout.
-#[inline(always)]
-fn weight_at(h: usize, gi: usize) -> usize {
-    64 * (gi / 2) + 8 * h + 4 * (gi % 2)
 }
 
 impl<const H: usize> Weights<H> {
@@ -622,8 +619,9 @@ fn key_scores<const H: usize>(
         let c = unsafe { _mm512_castsi128_si512(_mm_loadu_si128(src.as_ptr().cast())) };
         let c0 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.lane_idx[0], c), ct.lane_sel);
         let c1 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.lane_idx[1], c), ct.lane_sel);
+        let wc = weight_chunk(&w.lanes, gi);
         for (h, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_set1_epi32(weight_word(&w.lanes, weight_at(h, gi)));
+            let wv = _mm512_set1_epi32(weight_word(wc, h, gi));
             a[0] = _mm512_dpbusd_epi32(a[0], c0, wv);
             a[1] = _mm512_dpbusd_epi32(a[1], c1, wv);
         }
@@ -642,8 +640,9 @@ fn key_scores<const H: usize>(
         let c = unsafe { _mm512_castsi256_si512(_mm256_loadu_si256(src.as_ptr().cast())) };
         let c0 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.out_idx[0], c), ct.out_sel);
         let c1 = _mm512_and_si512(_mm512_permutexvar_epi8(ct.out_idx[1], c), ct.out_sel);
+        let wc = weight_chunk(&w.outs, gi);
         for (h, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_set1_epi32(weight_word(&w.outs, weight_at(h, gi)));
+            let wv = _mm512_set1_epi32(weight_word(wc, h, gi));
             a[0] = _mm512_dpbusd_epi32(a[0], c0, wv);
             a[1] = _mm512_dpbusd_epi32(a[1], c1, wv);
         }
@@ -699,8 +698,12 @@ fn head_update(
 ) {
     let bmax = _mm512_reduce_max_ps(_mm512_max_ps(scores[0], scores[1]));
     let m_new = state.m[h].max(bmax);
-    let corr = exp_approx(state.m[h] - m_new);
-    let pmax = exp_approx(bmax - m_new);
+    // One of the two factors is 1: the new maximum is either the old one or this block's.
+    let (corr, pmax) = if bmax > state.m[h] {
+        (exp_approx(state.m[h] - bmax), 1.0)
+    } else {
+        (1.0, exp_approx(bmax - state.m[h]))
+    };
     let bm = _mm512_set1_ps(bmax);
     let pq = |s: __m512| {
         let p = exp512(_mm512_sub_ps(s, bm));
