@@ -105,6 +105,7 @@ pub(crate) struct Plan {
     /// Channel of each value accumulator slot (`usize::MAX` for padding).
     pub(crate) slot_channel: Vec<usize>,
     /// Value slots in the 512-bit layout of [`wide_slot_channels`] (AVX-512 VNNI + VBMI kernel).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) wide: bool,
 }
 
