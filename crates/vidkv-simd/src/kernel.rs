@@ -14,6 +14,10 @@
 //!   (`q' = ⌈256·b/243⌉`, digit = `⌊3·t/256⌋`, `t ← 3·t mod 256`) and dotted with the quantized
 //!   `p` — accumulators are per (digit, byte) "slot", mapped back to channels once per block.
 //!
+//! This generic kernel runs AVX2, AVX-512 without VNNI or VBMI, and NEON; AVX-512 with VNNI and
+//! VBMI runs the 512-bit kernel of `x86/vnni512.rs`, which shares the plan, the block-header
+//! reader, the mask weights' split and the arithmetic with it.
+//!
 //! The instruction-set specific part is the [`Isa`] trait (code unpacking, byte interleave, digit
 //! extraction and the 4-way integer dot product on 256-bit registers); everything else is
 //! portable f32 code compiled inside the level's `#[target_feature]` entry point, so it is
