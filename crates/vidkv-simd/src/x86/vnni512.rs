@@ -44,9 +44,9 @@ fn bytes64(f: &dyn Fn(usize) -> u8) -> [u8; 64] {
     core::array::from_fn(f)
 }
 
+#[target_feature(enable = "avx512f")]
 fn load64(t: &[u8; 64]) -> __m512i {
-    // SAFETY: `t` is 64 readable bytes; AVX-512F is enabled in every caller (the kernel's entry
-    // points are `#[target_feature]` functions reached after detection).
+    // SAFETY: `t` is 64 readable bytes.
     unsafe { _mm512_loadu_si512(t.as_ptr().cast()) }
 }
 
