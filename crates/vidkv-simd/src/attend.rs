@@ -99,7 +99,7 @@ pub fn attend_head(
     let d = codec.head_dim();
     let plan = match level {
         Level::Scalar => None,
-        _ => Plan::new(codec),
+        _ => Plan::new(codec, wide_kernel(level)),
     };
     let Some(plan) = plan else {
         return reference_attend(codec, queries, cache, out);
@@ -216,6 +216,16 @@ fn merge(a: (f32, f32, &[f32]), b: (f32, f32, &[f32]), out: &mut [f32]) {
     }
 }
 
+/// Whether `level` runs the 512-bit kernel (its value-slot layout is part of the plan).
+fn wide_kernel(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 {
+        return crate::x86::vnni512::supported();
+    }
+    let _ = level;
+    false
+}
+
 fn run_level(
     level: Level,
     plan: &Plan,
@@ -230,6 +240,11 @@ fn run_level(
         Level::Avx2 => {
             // SAFETY: `attend_head` checked that the CPU supports the AVX2 level.
             unsafe { crate::x86::avx2::attend(plan, qt, hq, cache, state, res) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 if plan.wide => {
+            // SAFETY: `plan.wide` is set only where `vnni512::supported()` (AVX-512, VNNI, VBMI).
+            unsafe { crate::x86::vnni512::attend(plan, qt, hq, cache, state, res) }
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if level::features().avx512vnni => {

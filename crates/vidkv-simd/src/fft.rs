@@ -20,21 +20,59 @@ pub const W: usize = 8;
 /// A row element for `W` queries.
 pub type Lanes = [f32; W];
 
+/// One row element of the adjoint: the same element for several queries (and blocks).
+/// `[f32; L]` is the portable row; a level may supply a register type.
+pub(crate) trait Row: Copy {
+    /// All zero.
+    fn zero() -> Self;
+    /// `self + b`.
+    fn add(self, b: Self) -> Self;
+    /// `self − b`.
+    fn sub(self, b: Self) -> Self;
+    /// `self · s`.
+    fn scale(self, s: f32) -> Self;
+    /// `self + a · s`.
+    fn mul_add(self, a: Self, s: f32) -> Self;
+}
+
+impl<const L: usize> Row for [f32; L] {
+    #[inline(always)]
+    fn zero() -> Self {
+        [0.0; L]
+    }
+    #[inline(always)]
+    fn add(self, b: Self) -> Self {
+        core::array::from_fn(|i| self[i] + b[i])
+    }
+    #[inline(always)]
+    fn sub(self, b: Self) -> Self {
+        core::array::from_fn(|i| self[i] - b[i])
+    }
+    #[inline(always)]
+    fn scale(self, s: f32) -> Self {
+        core::array::from_fn(|i| self[i] * s)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, s: f32) -> Self {
+        core::array::from_fn(|i| self[i] + a[i] * s)
+    }
+}
+
 #[inline(always)]
-fn add(a: Lanes, b: Lanes) -> Lanes {
-    core::array::from_fn(|i| a[i] + b[i])
+fn add<R: Row>(a: R, b: R) -> R {
+    a.add(b)
 }
 #[inline(always)]
-fn sub(a: Lanes, b: Lanes) -> Lanes {
-    core::array::from_fn(|i| a[i] - b[i])
+fn sub<R: Row>(a: R, b: R) -> R {
+    a.sub(b)
 }
 #[inline(always)]
-fn scale(a: Lanes, s: f32) -> Lanes {
-    core::array::from_fn(|i| a[i] * s)
+fn scale<R: Row>(a: R, s: f32) -> R {
+    a.scale(s)
 }
 #[inline(always)]
-fn mul_add(acc: Lanes, a: Lanes, s: f32) -> Lanes {
-    core::array::from_fn(|i| acc[i] + a[i] * s)
+fn mul_add<R: Row>(acc: R, a: R, s: f32) -> R {
+    acc.mul_add(a, s)
 }
 
 /// Precomputed adjoint of one lane transform.
@@ -50,6 +88,8 @@ pub enum Adjoint {
         rev: Vec<usize>,
         /// `e^{−2πi k/M}` for k < M/2: (cos, −sin).
         tw: Vec<(f32, f32)>,
+        /// `tw[k] / M`: the final untangling step with the adjoint's scaling folded in.
+        tw_m: Vec<(f32, f32)>,
     },
     /// Dense `M × M` matrix, row-major: `w_j = Σ_n a[j·M + n]·q_n`.
     Dense {
@@ -71,13 +111,17 @@ impl Adjoint {
                 let rev = (0..half)
                     .map(|i| i.reverse_bits() >> (usize::BITS - bits))
                     .collect();
-                let tw = (0..half)
+                let tw: Vec<(f32, f32)> = (0..half)
                     .map(|k| {
                         let a = 2.0 * PI * k as f64 / m as f64;
                         (libm::cos(a) as f32, -libm::sin(a) as f32)
                     })
                     .collect();
-                Adjoint::Fft { m, rev, tw }
+                let tw_m = tw
+                    .iter()
+                    .map(|&(c, s)| (c / m as f32, s / m as f32))
+                    .collect();
+                Adjoint::Fft { m, rev, tw, tw_m }
             }
             _ => {
                 let t = LaneTransform::new(kind, m);
@@ -96,35 +140,119 @@ impl Adjoint {
         }
     }
 
-    /// `w = T⁻ᵀ(x)` for W queries; `scratch` holds at least `2·M` rows.
+    /// `w = T⁻ᵀ(x)` for `L` queries (8, or 16: two blocks' 8 queries side by side);
+    /// `scratch` holds at least `2·M` rows.
     #[inline(always)]
-    pub fn apply(&self, x: &[Lanes], w: &mut [Lanes], scratch: &mut [Lanes]) {
+    pub(crate) fn apply<R: Row>(&self, x: &[R], w: &mut [R], scratch: &mut [R]) {
         match self {
             Adjoint::Copy => w.copy_from_slice(x),
             Adjoint::Dense { m, a } => {
                 for (j, wj) in w.iter_mut().enumerate().take(*m) {
                     let row = &a[j * m..][..*m];
-                    let mut acc = [0.0f32; W];
+                    let mut acc = R::zero();
                     for (xn, &c) in x.iter().zip(row) {
                         acc = mul_add(acc, *xn, c);
                     }
                     *wj = acc;
                 }
             }
-            Adjoint::Fft { m, rev, tw } => fft_adjoint(*m, rev, tw, x, w, scratch),
+            Adjoint::Fft { m, rev, tw, tw_m } => {
+                let t = Twiddles { rev, tw, tw_m };
+                match m / 2 {
+                    // Fixed sizes let the compiler unroll the stages and drop bounds checks.
+                    16 => fft_adjoint_fixed::<16, R>(&t, x, w, scratch),
+                    32 => fft_adjoint_fixed::<32, R>(&t, x, w, scratch),
+                    64 => fft_adjoint_fixed::<64, R>(&t, x, w, scratch),
+                    _ => fft_adjoint(*m, rev, tw, x, w, scratch),
+                }
+            }
         }
+    }
+}
+
+/// The tables of a power-of-two FFT adjoint.
+struct Twiddles<'a> {
+    rev: &'a [usize],
+    tw: &'a [(f32, f32)],
+    tw_m: &'a [(f32, f32)],
+}
+
+/// [`fft_adjoint`] for `M = 2·N`, with the trivial twiddles (1 and −i) of the first two stages
+/// skipped and the final scaling folded into the untangling twiddles.
+#[inline(always)]
+fn fft_adjoint_fixed<const N: usize, R: Row>(
+    t: &Twiddles<'_>,
+    x: &[R],
+    w: &mut [R],
+    scratch: &mut [R],
+) {
+    let (re, im) = scratch[..2 * N].split_at_mut(N);
+    let re: &mut [R; N] = re.try_into().expect("scratch holds M rows");
+    let im: &mut [R; N] = im.try_into().expect("scratch holds M rows");
+    let x: &[R] = &x[..2 * N];
+    let rev: &[usize] = &t.rev[..N];
+    let tw: &[(f32, f32)] = &t.tw[..N];
+    // Bit reversal fused with the first stage (span 1, twiddle 1).
+    for p in 0..N / 2 {
+        let (a, b) = (rev[2 * p], rev[2 * p + 1]);
+        let (ar, ai, br, bi) = (x[2 * a], x[2 * a + 1], x[2 * b], x[2 * b + 1]);
+        re[2 * p] = add(ar, br);
+        im[2 * p] = add(ai, bi);
+        re[2 * p + 1] = sub(ar, br);
+        im[2 * p + 1] = sub(ai, bi);
+    }
+    let mut span = 2;
+    while span < N {
+        let step = 2 * N / (2 * span);
+        for start in (0..N).step_by(2 * span) {
+            for i in 0..span {
+                let (a, b) = (start + i, start + i + span);
+                let (br, bi) = (re[b], im[b]);
+                let (tr, ti) = if i == 0 {
+                    (br, bi)
+                } else if 4 * i == 2 * span {
+                    // e^{−iπ/2} = −i
+                    (bi, scale(br, -1.0))
+                } else {
+                    let (c, s) = tw[i * step];
+                    (
+                        sub(scale(br, c), scale(bi, s)),
+                        add(scale(br, s), scale(bi, c)),
+                    )
+                };
+                re[b] = sub(re[a], tr);
+                im[b] = sub(im[a], ti);
+                re[a] = add(re[a], tr);
+                im[a] = add(im[a], ti);
+            }
+        }
+        span *= 2;
+    }
+    let inv_m = 1.0 / (2 * N) as f32;
+    w[0] = scale(add(re[0], im[0]), inv_m);
+    w[2 * N - 1] = scale(sub(re[0], im[0]), inv_m);
+    for k in 1..N {
+        let nk = N - k;
+        // 2E = Z_k + conj Z_{N−k}, 2O = (Z_k − conj Z_{N−k})/i; w = (2/M)(E + t·O).
+        let er = add(re[k], re[nk]);
+        let ei = sub(im[k], im[nk]);
+        let or = add(im[k], im[nk]);
+        let oi = sub(re[nk], re[k]);
+        let (c, s) = t.tw_m[k];
+        w[2 * k - 1] = mul_add(sub(scale(or, c), scale(oi, s)), er, inv_m);
+        w[2 * k] = mul_add(add(scale(or, s), scale(oi, c)), ei, inv_m);
     }
 }
 
 /// Real DFT of M points through a complex FFT of M/2 points, then the adjoint's lane scaling.
 #[inline(always)]
-fn fft_adjoint(
+fn fft_adjoint<R: Row>(
     m: usize,
     rev: &[usize],
     tw: &[(f32, f32)],
-    x: &[Lanes],
-    w: &mut [Lanes],
-    scratch: &mut [Lanes],
+    x: &[R],
+    w: &mut [R],
+    scratch: &mut [R],
 ) {
     let half = m / 2;
     let (re, im) = scratch[..2 * half].split_at_mut(half);

@@ -16,6 +16,10 @@
 //!   (`q' = ⌈256·b/243⌉`, digit = `⌊3·t/256⌋`, `t ← 3·t mod 256`) and dotted with the quantized
 //!   `p` — accumulators are per (digit, byte) "slot", mapped back to channels once per block.
 //!
+//! This generic kernel runs AVX2, AVX-512 without VNNI or VBMI, and NEON; AVX-512 with VNNI and
+//! VBMI runs the 512-bit kernel of `x86/vnni512.rs`, which shares the plan, the block-header
+//! reader, the mask weights' split and the arithmetic with it.
+//!
 //! The instruction-set specific part is the [`Isa`] trait (code unpacking, byte interleave, digit
 //! extraction and the 4-way integer dot product on 256-bit registers); everything else is
 //! portable f32 code compiled inside the level's `#[target_feature]` entry point, so it is
@@ -84,36 +88,41 @@ pub(crate) trait Isa {
 /// Derived geometry of a mixed-key / ternary-value codec.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    d: usize,
-    g: usize,
-    k: usize,
-    m: usize,
-    lane_groups: usize,
-    out_groups: usize,
+    pub(crate) d: usize,
+    pub(crate) g: usize,
+    pub(crate) k: usize,
+    pub(crate) m: usize,
+    pub(crate) lane_groups: usize,
+    pub(crate) out_groups: usize,
     /// Decode-rule factors per lane: a set bit adds `fa·s·w`, every lane adds `fb·s·w`.
-    lane_fa: Vec<f32>,
-    lane_fb: Vec<f32>,
-    adjoint: Adjoint,
-    key_bytes: usize,
-    value_bytes: usize,
-    mask: vidkv_core::Section,
-    outlier_params: vidkv_core::Section,
-    lane_scales: vidkv_core::Section,
-    outlier_codes: vidkv_core::Section,
-    lane_bits: vidkv_core::Section,
-    v_scales: vidkv_core::Section,
-    v_trits: vidkv_core::Section,
+    pub(crate) lane_fa: Vec<f32>,
+    pub(crate) lane_fb: Vec<f32>,
+    pub(crate) adjoint: Adjoint,
+    pub(crate) key_bytes: usize,
+    pub(crate) value_bytes: usize,
+    pub(crate) mask: vidkv_core::Section,
+    pub(crate) outlier_params: vidkv_core::Section,
+    pub(crate) lane_scales: vidkv_core::Section,
+    pub(crate) outlier_codes: vidkv_core::Section,
+    pub(crate) lane_bits: vidkv_core::Section,
+    pub(crate) v_scales: vidkv_core::Section,
+    pub(crate) v_trits: vidkv_core::Section,
     /// Traced tokens (OTT) at the end of each key block, if any.
-    traced: Option<TracedLayout>,
-    row_bytes: usize,
-    segs: usize,
+    pub(crate) traced: Option<TracedLayout>,
+    pub(crate) row_bytes: usize,
+    pub(crate) segs: usize,
     /// Channel of each value accumulator slot (`usize::MAX` for padding).
-    slot_channel: Vec<usize>,
+    pub(crate) slot_channel: Vec<usize>,
+    /// Value slots in the 512-bit layout of [`wide_slot_channels`] (AVX-512 VNNI + VBMI kernel;
+    /// never for traced-token codecs).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) wide: bool,
 }
 
 impl Plan {
-    /// The plan, or `None` when the codec is not VidKV mixed keys + ternary values.
-    pub fn new(codec: &Codec) -> Option<Self> {
+    /// The plan, or `None` when the codec is not VidKV mixed keys + ternary values. `wide` asks
+    /// for the 512-bit value-slot layout, granted when a trit row fits in 32 bytes (D ≤ 160).
+    pub fn new(codec: &Codec, wide: bool) -> Option<Self> {
         let KeyScheme::Mixed(mixed) = codec.config().keys else {
             return None;
         };
@@ -138,6 +147,8 @@ impl Plan {
         let d = codec.head_dim();
         let row_bytes = trit_row_bytes(d);
         let segs = row_bytes.div_ceil(32);
+        // The 512-bit kernel does not patch traced-token scores; traced codecs run the generic one.
+        let wide = wide && row_bytes <= 2 * WIDE_SEG && codec.traced_layout().is_none();
         let mut slot_channel = vec![usize::MAX; segs * 5 * 32];
         for (slot, ch) in slot_channel.iter_mut().enumerate() {
             let (seg, rest) = (slot / 160, slot % 160);
@@ -182,7 +193,12 @@ impl Plan {
             traced: codec.traced_layout().copied(),
             row_bytes,
             segs,
-            slot_channel,
+            slot_channel: if wide {
+                wide_slot_channels(d, row_bytes)
+            } else {
+                slot_channel
+            },
+            wide,
         })
     }
 
@@ -197,6 +213,25 @@ pub(crate) fn covers(codec: &Codec) -> bool {
         (codec.config().keys, codec.config().values),
         (KeyScheme::Mixed(_), ValueScheme::Ternary { .. })
     )
+}
+
+/// Trit-row bytes per 512-bit value register (16 words of 4 tokens).
+pub(crate) const WIDE_SEG: usize = 16;
+
+/// Value slots of the 512-bit kernel: register `5·seg + digit`, word `kk` holds digit `digit`
+/// of row byte `16·seg + kk` (channel `5·(16·seg + kk) + digit`); 160 slots, padding unmapped.
+fn wide_slot_channels(d: usize, row_bytes: usize) -> Vec<usize> {
+    let mut out = vec![usize::MAX; 2 * 5 * WIDE_SEG];
+    for (slot, ch) in out.iter_mut().enumerate() {
+        let (reg, kk) = (slot / WIDE_SEG, slot % WIDE_SEG);
+        let (seg, digit) = (reg / 5, reg % 5);
+        let byte = WIDE_SEG * seg + kk;
+        let c = 5 * byte + digit;
+        if byte < row_bytes && c < d {
+            *ch = c;
+        }
+    }
+    out
 }
 
 /// Running softmax state of the quantized part for one query chunk.
@@ -252,6 +287,181 @@ fn quantize(x: &[f32], qmax: f32, out: &mut [i8]) -> f32 {
     amax / qmax
 }
 
+/// The query weights of the current outlier mask, recomputed when the mask changes:
+/// `wt[h·lane_stride + j]` is `T⁻ᵀ(q_h restricted to the normal channels)_j` and
+/// `qo[h·out_stride + i]` is query `h` at outlier channel `i`; padding stays zero.
+pub(crate) struct MaskWeights {
+    prev: Option<ChannelMask>,
+    x: Vec<Lanes>,
+    w: Vec<Lanes>,
+    scratch: Vec<Lanes>,
+    x_out: Vec<Lanes>,
+    lane_stride: usize,
+    out_stride: usize,
+    pub wt: Vec<f32>,
+    pub qo: Vec<f32>,
+}
+
+impl MaskWeights {
+    pub fn new(plan: &Plan, lane_stride: usize, out_stride: usize) -> Self {
+        let (d, m) = (plan.d, plan.m);
+        Self {
+            prev: None,
+            x: vec![[0.0; W]; d.max(1)],
+            w: vec![[0.0; W]; m.max(1)],
+            scratch: vec![[0.0; W]; 2 * m.max(1)],
+            x_out: vec![[0.0; W]; d.max(1)],
+            lane_stride,
+            out_stride,
+            wt: vec![0.0; W * lane_stride],
+            qo: vec![0.0; W * out_stride],
+        }
+    }
+
+    /// Recomputes the weights when `mask` differs from the previous block's.
+    #[inline(always)]
+    pub fn update(&mut self, plan: &Plan, qt: &[Lanes], hq: usize, mask: ChannelMask) {
+        if self.prev == Some(mask) {
+            return;
+        }
+        let (m, k) = (plan.m, plan.k);
+        // Branch-free split (the mask changes at almost every block): every channel's query
+        // row is written to both lists, and only the list it belongs to advances.
+        let (mut nn, mut no) = (0, 0);
+        for c in 0..plan.d {
+            let bit = ((mask.words[c / 32] >> (c % 32)) & 1) as usize;
+            self.x[nn] = qt[c];
+            self.x_out[no] = qt[c];
+            nn += 1 - bit;
+            no += bit;
+        }
+        if m > 0 {
+            plan.adjoint
+                .apply(&self.x[..m], &mut self.w[..m], &mut self.scratch);
+        }
+        transpose_into(&self.w[..m], hq, &mut self.wt, self.lane_stride);
+        transpose_into(&self.x_out[..k], hq, &mut self.qo, self.out_stride);
+        self.prev = Some(mask);
+    }
+}
+
+/// The f32 header fields of one block (key and value), validated.
+pub(crate) struct BlockHeader {
+    /// Lane scales `s_j`.
+    pub s_lane: Vec<f32>,
+    /// Outlier affine parameters, `[lo, step]` per outlier.
+    pub params: Vec<f32>,
+    /// Value scales per channel, and a trailing 0 (the scale of unmapped slots).
+    pub v_scale: Vec<f32>,
+}
+
+impl BlockHeader {
+    pub fn new(plan: &Plan) -> Self {
+        Self {
+            s_lane: vec![0.0; plan.m],
+            params: vec![0.0; 2 * plan.k],
+            v_scale: vec![0.0; plan.d + 1],
+        }
+    }
+
+    /// Reads and validates block `b`'s mask, scales and parameters, and checks its trit bytes.
+    #[inline(always)]
+    pub fn read(&mut self, plan: &Plan, cache: &HeadCache<'_>, b: usize) -> Result<ChannelMask> {
+        let kb_off = b * plan.key_bytes;
+        let kb = &cache.key_blocks[kb_off..][..plan.key_bytes];
+        let vb_off = b * plan.value_bytes;
+        let vb = &cache.value_blocks[vb_off..][..plan.value_bytes];
+        let mask = ChannelMask::read(&kb[plan.mask.range()], plan.d, plan.k)
+            .map_err(|_| corrupt("outlier channel mask", kb_off + plan.mask.offset))?;
+        f16s(&kb[plan.lane_scales.range()], &mut self.s_lane, true).map_err(|i| {
+            corrupt(
+                "lane scale not finite and non-negative",
+                kb_off + plan.lane_scales.offset + 2 * i,
+            )
+        })?;
+        f16s(&kb[plan.outlier_params.range()], &mut self.params, false).map_err(|i| {
+            corrupt(
+                "affine parameters not finite or step negative",
+                kb_off + plan.outlier_params.offset + 2 * i,
+            )
+        })?;
+        if let Some(i) = (0..plan.k).find(|&i| self.params[2 * i + 1] < 0.0) {
+            return Err(corrupt(
+                "affine parameters not finite or step negative",
+                kb_off + plan.outlier_params.offset + 4 * i,
+            ));
+        }
+        f16s(&vb[plan.v_scales.range()], &mut self.v_scale, true).map_err(|i| {
+            corrupt(
+                "ternary scale not finite and non-negative",
+                vb_off + plan.v_scales.offset + 2 * i,
+            )
+        })?;
+        let trits = &vb[plan.v_trits.range()];
+        if trits.iter().fold(0u8, |a, &v| a.max(v)) > vidkv_core::pack::MAX_TRIT_BYTE {
+            let i = trits
+                .iter()
+                .position(|&v| v > vidkv_core::pack::MAX_TRIT_BYTE)
+                .unwrap_or(0);
+            let row = i / plan.row_bytes;
+            return Err(corrupt(
+                "trit byte above 242",
+                vb_off + plan.v_trits.offset + row * plan.row_bytes,
+            ));
+        }
+        Ok(mask)
+    }
+}
+
+/// The 16 bytes `[L0 L1 L2 L3]` of lane group `gi` in sub-block `sb` (each lane's 32 sign bits,
+/// LE): a slice of the block when G = 32 and the group is whole, else gathered into `buf`
+/// (missing lanes zero).
+#[inline(always)]
+pub(crate) fn lane_chunk<'a>(
+    plan: &Plan,
+    kb: &'a [u8],
+    gi: usize,
+    sb: usize,
+    buf: &'a mut [u8; 32],
+) -> &'a [u8] {
+    if plan.g == SUB && 4 * gi + 4 <= plan.m {
+        return &kb[plan.lane_bits.offset + 16 * gi..][..16];
+    }
+    buf.fill(0);
+    for jj in 0..4 {
+        let j = 4 * gi + jj;
+        if j < plan.m {
+            let src = plan.lane_bits.offset + j * plan.g / 8 + 4 * sb;
+            buf[4 * jj..4 * jj + 4].copy_from_slice(&kb[src..src + 4]);
+        }
+    }
+    &buf[..16]
+}
+
+/// The 32 bytes `[O0 O1 O2 O3]` of outlier group `gi` in sub-block `sb` (each channel's 32
+/// 2-bit codes), as [`lane_chunk`].
+#[inline(always)]
+pub(crate) fn outlier_chunk<'a>(
+    plan: &Plan,
+    kb: &'a [u8],
+    gi: usize,
+    sb: usize,
+    buf: &'a mut [u8; 32],
+) -> &'a [u8] {
+    if plan.g == SUB && 4 * gi + 4 <= plan.k {
+        return &kb[plan.outlier_codes.offset + 32 * gi..][..32];
+    }
+    buf.fill(0);
+    for ii in 0..4 {
+        let i = 4 * gi + ii;
+        if i < plan.k {
+            let src = plan.outlier_codes.offset + i * plan.g / 4 + 8 * sb;
+            buf[8 * ii..8 * ii + 8].copy_from_slice(&kb[src..src + 8]);
+        }
+    }
+    &buf[..]
+}
+
 /// Runs the quantized part of attention for up to `W` queries over all blocks.
 ///
 /// `qt[c]` holds channel `c` of every query (already scaled by 1/√D), queries `hq..W` zero.
@@ -271,20 +481,11 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
     let subs = plan.g / SUB;
     let slots = plan.slots();
 
-    // Per-mask state.
-    let mut prev_mask: Option<ChannelMask> = None;
-    let mut normals: Vec<usize> = Vec::with_capacity(d);
-    let mut outl: Vec<usize> = Vec::with_capacity(d);
-    let mut x = vec![[0.0f32; W]; m.max(1)];
-    let mut w = vec![[0.0f32; W]; m.max(1)];
-    let mut fft_scratch = vec![[0.0f32; W]; 2 * m.max(1)];
-    // Per-block state. Lane and outlier counts are padded to whole groups of 4 (zero weights).
+    // Per-mask and per-block state. Lane and outlier counts are padded to whole groups of 4
+    // (zero weights).
     let (m4, k4) = (4 * lg, 4 * og);
-    let mut wt = vec![0.0f32; W * m4];
-    let mut qo = vec![0.0f32; W * k4];
-    let mut x_out = vec![[0.0f32; W]; k.max(1)];
-    let mut s_lane = vec![0.0f32; m];
-    let mut params = vec![0.0f32; 2 * k];
+    let mut mw = MaskWeights::new(plan, m4, k4);
+    let mut hdr = BlockHeader::new(plan);
     let (mut sfa, mut sfb) = (vec![0.0f32; m4], vec![0.0f32; m4]);
     let (mut o_lo, mut o_step) = (vec![0.0f32; k4], vec![0.0f32; k4]);
     let mut alpha = vec![0.0f32; m4.max(k4)];
@@ -293,7 +494,6 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
     let mut sc_l = [0.0f32; W];
     let mut sc_o = [0.0f32; W];
     let mut cst = [0.0f32; W];
-    let mut v_scale = vec![0.0f32; d];
     let mut slot_scale = vec![0.0f32; slots];
     // Per-sub-block scratch.
     // SAFETY: the caller guarantees `I`'s target features.
@@ -319,61 +519,19 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
     for b in 0..cache.blocks {
         let kb = &cache.key_blocks[b * plan.key_bytes..][..plan.key_bytes];
         let vb_off = b * plan.value_bytes;
-        let vb = &cache.value_blocks[vb_off..][..plan.value_bytes];
-        let kb_off = b * plan.key_bytes;
 
         // ---- keys: mask, adjoint, weights ----
-        let mask = ChannelMask::read(&kb[plan.mask.range()], d, k)
-            .map_err(|_| corrupt("outlier channel mask", kb_off + plan.mask.offset))?;
-        if prev_mask != Some(mask) {
-            normals.clear();
-            outl.clear();
-            for c in 0..d {
-                if mask.contains(c) {
-                    outl.push(c);
-                } else {
-                    normals.push(c);
-                }
-            }
-            if m > 0 {
-                for (xn, &c) in x.iter_mut().zip(&normals) {
-                    *xn = qt[c];
-                }
-                plan.adjoint.apply(&x[..m], &mut w[..m], &mut fft_scratch);
-                transpose_into(&w[..m], hq, &mut wt, m4);
-            }
-            for (xn, &c) in x_out.iter_mut().zip(&outl) {
-                *xn = qt[c];
-            }
-            transpose_into(&x_out[..k], hq, &mut qo, k4);
-            prev_mask = Some(mask);
-        }
-        f16s(&kb[plan.lane_scales.range()], &mut s_lane, true).map_err(|i| {
-            corrupt(
-                "lane scale not finite and non-negative",
-                kb_off + plan.lane_scales.offset + 2 * i,
-            )
-        })?;
-        f16s(&kb[plan.outlier_params.range()], &mut params, false).map_err(|i| {
-            corrupt(
-                "affine parameters not finite or step negative",
-                kb_off + plan.outlier_params.offset + 2 * i,
-            )
-        })?;
-        if let Some(i) = (0..k).find(|&i| params[2 * i + 1] < 0.0) {
-            return Err(corrupt(
-                "affine parameters not finite or step negative",
-                kb_off + plan.outlier_params.offset + 4 * i,
-            ));
-        }
+        let mask = hdr.read(plan, cache, b)?;
+        mw.update(plan, qt, hq, mask);
+        let (wt, qo) = (&mw.wt, &mw.qo);
         // Per-lane factors of the decode rule: α_j = fa_j·s_j·w_j, constant Σ fb_j·s_j·w_j.
         for j in 0..m {
-            sfa[j] = plan.lane_fa[j] * s_lane[j];
-            sfb[j] = plan.lane_fb[j] * s_lane[j];
+            sfa[j] = plan.lane_fa[j] * hdr.s_lane[j];
+            sfb[j] = plan.lane_fb[j] * hdr.s_lane[j];
         }
         for i in 0..k {
-            o_lo[i] = params[2 * i];
-            o_step[i] = params[2 * i + 1];
+            o_lo[i] = hdr.params[2 * i];
+            o_step[i] = hdr.params[2 * i + 1];
         }
         for h in 0..hq {
             let wh = &wt[h * m4..][..m4];
@@ -392,67 +550,22 @@ pub(crate) unsafe fn quantized_part<I: Isa>(
             sc_o[h] = quantize(&alpha[..k4], I::OUT_QMAX, &mut alpha_o[h * k4..][..k4]);
         }
 
-        traced.read(plan, qt, kb, kb_off)?;
-
-        // ---- values: scales and trit check ----
-        f16s(&vb[plan.v_scales.range()], &mut v_scale, true).map_err(|i| {
-            corrupt(
-                "ternary scale not finite and non-negative",
-                vb_off + plan.v_scales.offset + 2 * i,
-            )
-        })?;
-        let trits = &vb[plan.v_trits.range()];
-        if trits.iter().fold(0u8, |a, &v| a.max(v)) > vidkv_core::pack::MAX_TRIT_BYTE {
-            let i = trits
-                .iter()
-                .position(|&v| v > vidkv_core::pack::MAX_TRIT_BYTE)
-                .unwrap_or(0);
-            let row = i / plan.row_bytes;
-            return Err(corrupt(
-                "trit byte above 242",
-                vb_off + plan.v_trits.offset + row * plan.row_bytes,
-            ));
-        }
+        traced.read(plan, qt, kb, b * plan.key_bytes)?;
         for (s, &c) in slot_scale.iter_mut().zip(&plan.slot_channel) {
-            *s = if c < d { v_scale[c] } else { 0.0 };
+            *s = if c < d { hdr.v_scale[c] } else { 0.0 };
         }
 
         for sb in 0..subs {
             // ---- key codes for 32 tokens ----
             for gi in 0..lg {
-                let ptr = if subs == 1 && 4 * gi + 4 <= m {
-                    // In bounds: lanes 4gi..4gi+4 end at or before the lane-bits section end.
-                    kb[plan.lane_bits.offset + 16 * gi..][..16].as_ptr()
-                } else {
-                    chunk[..16].iter_mut().for_each(|c| *c = 0);
-                    for jj in 0..4 {
-                        let j = 4 * gi + jj;
-                        if j < m {
-                            let src = plan.lane_bits.offset + j * plan.g / 8 + 4 * sb;
-                            chunk[4 * jj..4 * jj + 4].copy_from_slice(&kb[src..src + 4]);
-                        }
-                    }
-                    chunk.as_ptr()
-                };
+                let ptr = lane_chunk(plan, kb, gi, sb, &mut chunk).as_ptr();
                 let mut r = [zero; 4];
                 // SAFETY: `ptr` addresses 16 readable bytes; target features as above.
                 unsafe { I::lane_codes(ptr, &mut r) };
                 lcodes[4 * gi..4 * gi + 4].copy_from_slice(&r);
             }
             for gi in 0..og {
-                let ptr = if subs == 1 && 4 * gi + 4 <= k {
-                    kb[plan.outlier_codes.offset + 32 * gi..][..32].as_ptr()
-                } else {
-                    chunk.iter_mut().for_each(|c| *c = 0);
-                    for ii in 0..4 {
-                        let i = 4 * gi + ii;
-                        if i < k {
-                            let src = plan.outlier_codes.offset + i * plan.g / 4 + 8 * sb;
-                            chunk[8 * ii..8 * ii + 8].copy_from_slice(&kb[src..src + 8]);
-                        }
-                    }
-                    chunk.as_ptr()
-                };
+                let ptr = outlier_chunk(plan, kb, gi, sb, &mut chunk).as_ptr();
                 let mut r = [zero; 4];
                 // SAFETY: `ptr` addresses 32 readable bytes; target features as above.
                 unsafe { I::outlier_codes(ptr, &mut r) };

@@ -1,7 +1,8 @@
 //! Fused attention of every available level against exact f32 attention on the same bytes.
 
 use vidkv_core::{
-    Codec, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys, OutlierScope, Scheme, Transform,
+    Codec, GroupSize, HeadDim, KeyLayout, KeyScheme, LaneRule, MixedKeys, OutlierScope, Scheme,
+    Transform,
 };
 use vidkv_simd::{HeadCache, Level, attend_head, reference_attend};
 
@@ -76,6 +77,10 @@ fn check(codec: &Codec, blocks: usize, residual: usize, hq: usize, seed: u64, to
         let mut got = vec![0.0f32; hq * d];
         attend_head(level, codec, &q, &cache, &mut got).unwrap();
         let e = rel(&got, &want);
+        eprintln!(
+            "{level} d={d} g={} hq={hq}: rel error {e:.4}",
+            codec.group()
+        );
         assert!(
             e < tol,
             "{level} d={d} g={} blocks={blocks} res={residual} hq={hq}: rel error {e}",
@@ -168,7 +173,25 @@ fn damaged_blocks_are_errors_not_panics() {
     let (kb, vb) = encode(&c, &k, &v);
     let q = vec![0.3f32; 2 * d];
     for level in Level::available() {
-        for (which, off, byte) in [(0, 0, 0xFFu8), (1, vb.len() - 1, 250), (1, 1, 0xFC)] {
+        let KeyLayout::Mixed {
+            lane_scales,
+            outlier_params,
+            ..
+        } = *c.key_layout()
+        else {
+            unreachable!("vidkv keys are mixed")
+        };
+        let kbytes = c.key_block_bytes();
+        for (which, off, byte) in [
+            (0, 0, 0xFFu8),
+            (1, vb.len() - 1, 250),
+            (1, 1, 0xFC),
+            // The second block of a pair (the 512-bit kernel reads blocks two at a time): a
+            // negative lane scale, a negative outlier step, an infinite value scale.
+            (0, kbytes + lane_scales.offset + 1, 0xBC),
+            (0, kbytes + outlier_params.offset + 3, 0xBC),
+            (1, vb.len() / 3 + 1, 0x7C),
+        ] {
             let (mut kb2, mut vb2) = (kb.clone(), vb.clone());
             if which == 0 {
                 kb2[off] = byte;

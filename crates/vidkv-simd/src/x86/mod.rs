@@ -3,6 +3,19 @@
 pub mod avx2;
 pub mod avx512;
 pub mod f16attn;
+pub mod vnni512;
+
+/// Whether the CPU has AVX-512 VBMI (`vpermb`, `vpermt2b`).
+#[cfg(feature = "std")]
+pub(crate) fn has_vbmi() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vbmi")
+}
+
+/// Whether the CPU has AVX-512 VBMI (compile-time target features without `std`).
+#[cfg(not(feature = "std"))]
+pub(crate) fn has_vbmi() -> bool {
+    cfg!(target_feature = "avx512vbmi")
+}
 
 /// Shuffle tables shared by the AVX2 and AVX-512 code builders (see [`crate::kernel::Isa`]).
 pub(crate) mod tables {
