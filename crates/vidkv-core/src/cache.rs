@@ -729,7 +729,7 @@ impl<B: KvQuantBackend> KvCache<B> {
                 Some(chosen)
             }
             KeyScheme::Mixed(_) => s.outliers,
-            KeyScheme::PerChannel { .. } => None,
+            KeyScheme::PerChannel { .. } | KeyScheme::SignSketch { .. } => None,
         };
 
         let excluded: Vec<u8> = flags
@@ -1046,6 +1046,7 @@ fn block_metadata(codec: &Codec) -> (usize, usize) {
             ..
         } => mask.len + outlier_params.len + lane_scales.len,
         KeyLayout::PerChannel { params, .. } => params.len,
+        KeyLayout::SignSketch { norms, .. } => norms.len,
     };
     let values = match *codec.value_layout() {
         ValueLayout::Ternary { scales, .. } => scales.len,

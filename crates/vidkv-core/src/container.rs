@@ -26,7 +26,7 @@ use half::f16;
 
 use crate::config::{
     Arithmetic, Bits, Calibration, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys,
-    OutlierScope, QuantConfig, TernaryScale, Transform, ValueScheme,
+    OutlierScope, QuantConfig, SketchBits, TernaryScale, Transform, ValueScheme,
 };
 use crate::error::{Error, Result};
 use crate::layout::{ChannelMask, Codec};
@@ -255,6 +255,7 @@ impl<'a> Reader<'a> {
 
 const KEY_MIXED: u8 = 0;
 const KEY_PER_CHANNEL: u8 = 1;
+const KEY_SIGN_SKETCH: u8 = 2;
 const VALUE_TERNARY: u8 = 0;
 const VALUE_PER_TOKEN: u8 = 1;
 const VALUE_PER_CHANNEL: u8 = 2;
@@ -288,6 +289,11 @@ fn write_config(c: &QuantConfig, out: &mut [u8]) {
         KeyScheme::PerChannel { bits } => {
             out[17] = KEY_PER_CHANNEL;
             out[18] = bits.get() as u8;
+        }
+        KeyScheme::SignSketch { bits, seed } => {
+            out[17] = KEY_SIGN_SKETCH;
+            out[18] = (bits.get() / 8) as u8;
+            out[24..28].copy_from_slice(&seed.to_le_bytes());
         }
     }
     let (kind, option) = match c.values {
@@ -357,6 +363,16 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
                 bits: bits(18, "per-channel key bits not 2 or 4")?,
             }
         }
+        KEY_SIGN_SKETCH => {
+            if h[19..22] != [0, 0, 0] {
+                return Err(bad("mixed-key options set for sign-sketch keys", 19));
+            }
+            KeyScheme::SignSketch {
+                bits: SketchBits::new(usize::from(h[18]) * 8)
+                    .map_err(|_| bad("sketch bytes not 8, 16 or 32", 18))?,
+                seed: r.u32(24)?,
+            }
+        }
         _ => return Err(bad("unknown key scheme", 17)),
     };
     let values = match h[22] {
@@ -399,7 +415,7 @@ fn has_layer_mask(codec: &Codec) -> bool {
 fn outlier_count(codec: &Codec) -> usize {
     match codec.config().keys {
         KeyScheme::Mixed(m) => m.outlier_count(codec.config().head_dim),
-        KeyScheme::PerChannel { .. } => 0,
+        KeyScheme::PerChannel { .. } | KeyScheme::SignSketch { .. } => 0,
     }
 }
 
