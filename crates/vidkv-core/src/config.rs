@@ -521,7 +521,14 @@ mod tests {
         for b in [0, 32, 100, 512] {
             assert!(SketchBits::new(b).is_err());
         }
-        for (d, b) in [(16, 64), (64, 64), (66, 128), (128, 128), (130, 256), (256, 256)] {
+        for (d, b) in [
+            (16, 64),
+            (64, 64),
+            (66, 128),
+            (128, 128),
+            (130, 256),
+            (256, 256),
+        ] {
             let c = Scheme::H1b.config(HeadDim::new(d).unwrap(), GroupSize::G32);
             assert_eq!(
                 c.keys,

@@ -472,7 +472,10 @@ mod tests {
         let KeyLayout::SignSketch { bits, norms, signs } = *c.key_layout() else {
             panic!("h1b keys are sign sketches")
         };
-        assert_eq!((bits, norms.len, signs.offset, signs.len), (128, 128, 128, 1024));
+        assert_eq!(
+            (bits, norms.len, signs.offset, signs.len),
+            (128, 128, 128, 1024)
+        );
         // Values are KIVI-4's.
         assert_eq!(
             c.value_block_bytes(),

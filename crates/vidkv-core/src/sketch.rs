@@ -80,9 +80,7 @@ impl Projection {
     /// The projection of a sign-sketch codec; `None` for other key schemes.
     pub fn for_codec(codec: &Codec) -> Option<Self> {
         match codec.config().keys {
-            KeyScheme::SignSketch { bits, seed } => {
-                Some(Self::new(bits, seed, codec.head_dim()))
-            }
+            KeyScheme::SignSketch { bits, seed } => Some(Self::new(bits, seed, codec.head_dim())),
             _ => None,
         }
     }
@@ -219,7 +217,12 @@ impl QuerySketch {
 /// The estimator in f64 over whole key blocks: `scale·‖q‖·‖k_t‖·cos(π·h_t/b)` for every token
 /// of `key_blocks` (a sign-sketch codec's blocks). What fused attention computes, for tests and
 /// evaluations.
-pub fn reference_scores(codec: &Codec, key_blocks: &[u8], q: &[f32], scale: f32) -> Result<Vec<f64>> {
+pub fn reference_scores(
+    codec: &Codec,
+    key_blocks: &[u8],
+    q: &[f32],
+    scale: f32,
+) -> Result<Vec<f64>> {
     let (projection, KeyLayout::SignSketch { bits, norms, signs }) =
         (Projection::for_codec(codec), *codec.key_layout())
     else {
