@@ -289,9 +289,8 @@ impl KvQuantBackend for CudaBackend {
         "cuda"
     }
 
-    fn capability(&self, op: Operation, codec: &Codec) -> Capability {
-        let _ = (op, codec);
-        Capability::Supported
+    fn capability(&self, _op: Operation, codec: &Codec) -> Capability {
+        plan::unsupported_reason(codec).map_or(Capability::Supported, Capability::Unsupported)
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buffer> {

@@ -98,6 +98,27 @@ fn off(s: vidkv_core::Section) -> i32 {
     s.offset as i32
 }
 
+/// Why the kernels cannot run `codec`, if they cannot: H1B-KV sign-sketch keys have no CUDA
+/// kernels (every operation on such a codec reports [`vidkv_core::Capability::Unsupported`]).
+pub fn unsupported_reason(codec: &Codec) -> Option<&'static str> {
+    match codec.config().keys {
+        KeyScheme::SignSketch { .. } => Some("H1B-KV sign-sketch keys have no CUDA kernels"),
+        _ => None,
+    }
+}
+
+/// `Err(Error::Unsupported)` for a codec the kernels cannot run.
+pub fn check_supported(codec: &Codec, operation: &'static str) -> Result<()> {
+    match unsupported_reason(codec) {
+        Some(reason) => Err(Error::Unsupported {
+            backend: "cuda",
+            operation,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The codec as the kernels see it.
 pub fn kernel_codec(codec: &Codec) -> KCodec {
     let cfg = codec.config();
@@ -159,6 +180,8 @@ pub fn kernel_codec(codec: &Codec) -> KCodec {
             k.k_params = off(params);
             k.k_codes = off(codes);
         }
+        // Sign-sketch keys never reach the kernels (`check_supported`); no key fields.
+        (KeyLayout::SignSketch { .. }, _) => k.key_kind = -1,
         _ => unreachable!("a key scheme has its own layout"),
     }
     match *codec.value_layout() {
@@ -206,7 +229,7 @@ pub fn kernel_codec(codec: &Codec) -> KCodec {
 pub fn lanes(codec: &Codec) -> usize {
     match *codec.key_layout() {
         KeyLayout::Mixed { lanes, .. } => lanes,
-        KeyLayout::PerChannel { .. } => 0,
+        KeyLayout::PerChannel { .. } | KeyLayout::SignSketch { .. } => 0,
     }
 }
 
@@ -293,6 +316,7 @@ pub fn check_encode(
     out_len: usize,
     outliers: Option<&ChannelMask>,
 ) -> Result<usize> {
+    check_supported(codec, if keys { "encode_keys" } else { "encode_values" })?;
     let d = codec.head_dim();
     let expected = tokens * d * dtype.size();
     if input_len != expected {
@@ -352,6 +376,7 @@ pub fn check_decode(
     blocks: usize,
     out_len: usize,
 ) -> Result<()> {
+    check_supported(codec, if keys { "decode_keys" } else { "decode_values" })?;
     let block_bytes = if keys {
         codec.key_block_bytes()
     } else {
@@ -698,6 +723,7 @@ pub fn attention_jobs<B>(
     a: &AttentionArgs<'_, B>,
     info: &dyn Fn(&B) -> (u64, usize),
 ) -> Result<Vec<AttnJob>> {
+    check_supported(codec, "attend")?;
     let d = codec.head_dim();
     let nq = a.query_heads;
     if nq == 0 {

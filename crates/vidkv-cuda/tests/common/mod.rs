@@ -189,8 +189,8 @@ impl KvQuantBackend for EmuBackend {
         "cuda-emu"
     }
 
-    fn capability(&self, _op: Operation, _codec: &Codec) -> Capability {
-        Capability::Supported
+    fn capability(&self, _op: Operation, codec: &Codec) -> Capability {
+        plan::unsupported_reason(codec).map_or(Capability::Supported, Capability::Unsupported)
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Vec<u8>> {
