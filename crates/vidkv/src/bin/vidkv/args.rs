@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vidkv::{Arithmetic, GroupSize, Result, Scheme, SchemeOptions, TernaryScale, Transform};
+use vidkv::{
+    Arithmetic, GroupSize, Result, Scheme, SchemeOptions, SketchBits, TernaryScale, Transform,
+};
 
 /// 1.5–1.6-bit KV-cache quantization (VidKV) with KIVI and per-channel baselines.
 #[derive(Debug, Parser)]
@@ -96,6 +98,31 @@ pub struct QuantArgs {
     /// Encoder arithmetic (all schemes).
     #[arg(long, value_enum)]
     pub arithmetic: Option<ArithmeticArg>,
+    #[command(flatten)]
+    pub sketch: SketchArgs,
+}
+
+/// Options of sign-sketch keys (h1b), shared by eval, roundtrip, pack and bench.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SketchArgs {
+    /// Sketch length b of sign-sketch keys: 64, 128 or 256 (h1b only; default: the smallest
+    /// that is ≥ head_dim).
+    #[arg(long, value_name = "B")]
+    pub sketch_bits: Option<usize>,
+    /// Seed of the sign-sketch projection (h1b only; default 0x4831424B).
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u32>,
+}
+
+impl SketchArgs {
+    /// Applies these options to `options`; rejects an unsupported sketch length.
+    pub fn apply(&self, options: SchemeOptions) -> Result<SchemeOptions> {
+        Ok(SchemeOptions {
+            sketch_bits: self.sketch_bits.map(SketchBits::new).transpose()?,
+            seed: self.seed,
+            ..options
+        })
+    }
 }
 
 /// `--transform`.
@@ -132,7 +159,7 @@ pub enum ArithmeticArg {
 impl QuantArgs {
     /// The library's options; rejects an unsupported group size.
     pub fn options(&self) -> Result<SchemeOptions> {
-        Ok(SchemeOptions {
+        self.sketch.apply(SchemeOptions {
             group: GroupSize::new(self.group)?,
             key_ratio: self.key_ratio,
             transform: self.transform.map(|t| match t {
@@ -149,6 +176,7 @@ impl QuantArgs {
                 ArithmeticArg::F32 => Arithmetic::F32,
                 ArithmeticArg::Reference => Arithmetic::Reference,
             }),
+            ..SchemeOptions::default()
         })
     }
 }

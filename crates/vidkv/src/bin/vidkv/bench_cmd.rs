@@ -9,8 +9,7 @@ use half::f16;
 use vidkv::attention::{DenseCache, attend_dense, attend_threaded};
 use vidkv::bench::{EncodeRow, Rng, Shape, StepRow, fastest_ms, read_bandwidth, synthetic_kv};
 use vidkv::{
-    CacheConfig, Codec, GroupSize, HeadDim, KvCache, KvQuantBackend, Result, Salient,
-    ScalarBackend, Scheme,
+    CacheConfig, Codec, HeadDim, KvCache, KvQuantBackend, Result, Salient, ScalarBackend, Scheme,
 };
 
 use crate::stdout_error;
@@ -62,6 +61,8 @@ pub struct BenchArgs {
     /// needs the `cuda` feature).
     #[arg(long, default_value = "cpu", value_name = "BACKEND")]
     pub backend: String,
+    #[command(flatten)]
+    pub sketch: crate::args::SketchArgs,
 }
 
 /// `vidkv bench --backend cuda`: `vidkv_cuda::bench` on the same shape, schemes and token counts.
@@ -385,7 +386,8 @@ fn salient_scores(values: &[f32], shape: Shape, tokens: usize) -> Vec<f32> {
 }
 
 fn config(scheme: Scheme, shape: Shape, a: &BenchArgs) -> Result<CacheConfig> {
-    let codec = Codec::new(scheme.config(HeadDim::new(shape.head_dim)?, GroupSize::G32))?;
+    let options = a.sketch.apply(vidkv::SchemeOptions::default())?;
+    let codec = Codec::new(options.config(scheme, HeadDim::new(shape.head_dim)?))?;
     Ok(CacheConfig {
         residual: a.residual,
         sinks: a.sinks,
