@@ -902,6 +902,35 @@ mod tests {
     }
 
     #[test]
+    fn sign_sketch_header_bytes() {
+        for (bits, seed) in [(SketchBits::B64, 7u32), (SketchBits::B256, u32::MAX)] {
+            let cfg = QuantConfig::new(
+                HeadDim::new(64).unwrap(),
+                GroupSize::G32,
+                KeyScheme::SignSketch { bits, seed },
+                ValueScheme::PerToken { bits: Bits::Four },
+                Arithmetic::F32,
+            );
+            let c = Codec::new(cfg).unwrap();
+            let bytes = sample(&c);
+            assert_eq!(bytes[17], 2);
+            assert_eq!(usize::from(bytes[18]), bits.get() / 8);
+            assert_eq!(bytes[24..28], seed.to_le_bytes());
+            assert_eq!(bytes[19..22], [0, 0, 0]);
+            assert_eq!(*Container::parse(&bytes).unwrap().config(), cfg);
+            // A sketch length other than 8/16/32 bytes is refused (checksum fixed up).
+            let mut bad = bytes.clone();
+            bad[18] = 12;
+            let sum = xxhash_rust::xxh3::xxh3_64(&bad[..56]);
+            bad[56..64].copy_from_slice(&sum.to_le_bytes());
+            assert!(matches!(
+                Container::parse(&bad),
+                Err(Error::Container { offset: 18, .. })
+            ));
+        }
+    }
+
+    #[test]
     fn damage_is_a_typed_error() {
         let c = codec(Scheme::VidkvPaper, 64);
         let good = sample(&c);
