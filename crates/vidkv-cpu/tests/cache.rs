@@ -611,3 +611,40 @@ fn salient_rows_that_are_not_byte_aligned_and_odd_lane_counts() {
         assert!(err < tolerance(&codec), "{}: {err}", scheme.name());
     }
 }
+
+/// The H1B-KV score estimates `q·k`: on isotropic Gaussian keys its correlation with the exact
+/// score is about `1/√(1 + (π²/4)·D/b)` (SimHash noise `≈ (π/2)/√b` in the cosine against a
+/// cosine spread of `1/√D`): ≈ 0.93 for b = 256 over D = 16, ≈ 0.79 for b = 64.
+#[test]
+fn h1b_scores_correlate_with_exact_scores_as_the_sketch_predicts() {
+    let mut rng = Rng(17);
+    let (d, n) = (16, 32 * 64);
+    let k: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+    let q: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
+    let exact: Vec<f64> = k
+        .chunks_exact(d)
+        .map(|row| row.iter().zip(&q).map(|(a, b)| f64::from(a * b)).sum())
+        .collect();
+    let mut corr = Vec::new();
+    for bits in [vidkv_core::SketchBits::B64, vidkv_core::SketchBits::B256] {
+        let mut cfg = Scheme::H1b.config(HeadDim::new(d).unwrap(), GroupSize::G32);
+        cfg.keys = vidkv_core::KeyScheme::SignSketch { bits, seed: 5 };
+        let codec = Codec::new(cfg).unwrap();
+        let mut blocks = vec![0u8; n / 32 * codec.key_block_bytes()];
+        vidkv_cpu::encode_key_blocks(&codec, &k, None, &mut blocks).unwrap();
+        let est = vidkv_core::sketch::reference_scores(&codec, &blocks, &q, 1.0).unwrap();
+        corr.push(pearson(&est, &exact));
+    }
+    eprintln!("h1b score correlation with q·k, b = 64 / 256 over D = 16: {corr:?}");
+    assert!((corr[0] - 0.79).abs() < 0.06, "{corr:?}");
+    assert!((corr[1] - 0.93).abs() < 0.04, "{corr:?}");
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}

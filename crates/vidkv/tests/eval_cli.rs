@@ -31,9 +31,12 @@ fn builtin_json_covers_every_scheme_and_tensor() {
         assert_eq!(r["file"], "builtin:smollm2");
         assert_eq!(r["layer"], 15);
         assert_eq!(r["queries"], 256);
+        // h1b (H1B-KV without the fine-tuning its paper relies on) misses attention by more
+        // than the output's norm on SmolLM2; the bound only says the numbers are sane.
+        let bound = if r["scheme"] == "h1b" { 20.0 } else { 1.0 };
         for key in ["attn_rel_error", "attn_kl"] {
             let x = r[key].as_f64().unwrap();
-            assert!(x > 0.0 && x < 1.0, "{key} in {r}");
+            assert!(x > 0.0 && x < bound, "{key} in {r}");
         }
     }
     let rows = tensor_rows(all);
@@ -42,8 +45,8 @@ fn builtin_json_covers_every_scheme_and_tensor() {
     assert_eq!(schemes, expected);
     let files: BTreeSet<&str> = rows.iter().map(|r| r["file"].as_str().unwrap()).collect();
     assert_eq!(files, BTreeSet::from(["builtin:dinov2", "builtin:smollm2"]));
-    // 2 files × (K, V) × 6 schemes
-    assert_eq!(rows.len(), 24);
+    // 2 files × (K, V) × every scheme
+    assert_eq!(rows.len(), 4 * vidkv::Scheme::ALL.len());
     for r in &rows {
         for key in [
             "file",
