@@ -43,7 +43,8 @@ impl SplitMix64 {
     }
 }
 
-/// The projection `R ∈ ℝ^{b×D}` of a sign-sketch codec, row-major f32.
+/// The projection `R ∈ ℝ^{b×D}` of a sign-sketch codec, f32, held transposed (`D` columns of
+/// `b` entries) so that projections vectorize across rows.
 ///
 /// Entries in row-major order (`i·D + c`) come in pairs from Box–Muller on two uniforms
 /// `u1, u2` of [`SplitMix64`] seeded with the configuration's seed: `ρ = √(−2·ln u1)`,
@@ -53,7 +54,8 @@ impl SplitMix64 {
 pub struct Projection {
     bits: usize,
     dim: usize,
-    rows: Vec<f32>,
+    /// `cols[c·b + i] = R[i][c]`.
+    cols: Vec<f32>,
 }
 
 impl Projection {
@@ -70,11 +72,14 @@ impl Projection {
             rows.push((rho * libm::sin(theta)) as f32);
         }
         rows.truncate(n);
-        Self {
-            bits: bits.get(),
-            dim,
-            rows,
+        let b = bits.get();
+        let mut cols = vec![0.0f32; n];
+        for (i, row) in rows.chunks_exact(dim).enumerate() {
+            for (c, &r) in row.iter().enumerate() {
+                cols[c * b + i] = r;
+            }
         }
+        Self { bits: b, dim, cols }
     }
 
     /// The projection of a sign-sketch codec; `None` for other key schemes.
@@ -97,17 +102,20 @@ impl Projection {
 
     /// Entry `R[i][c]`.
     pub fn entry(&self, i: usize, c: usize) -> f32 {
-        self.rows[i * self.dim + c]
+        self.cols[c * self.bits + i]
     }
 
     /// `R·x` in f64 (products exact, summed in channel order): the one definition of the
     /// projection that encoders and the query side share, so their signs agree bit for bit.
     pub fn project(&self, x: &[f32], out: &mut [f64]) {
-        for (o, row) in out.iter_mut().zip(self.rows.chunks_exact(self.dim)) {
-            *o = row
-                .iter()
-                .zip(x)
-                .fold(0.0f64, |acc, (&r, &v)| acc + f64::from(r) * f64::from(v));
+        let out = &mut out[..self.bits];
+        out.fill(0.0);
+        // Each output accumulates in channel order (the definition); the loop runs across rows.
+        for (col, &v) in self.cols.chunks_exact(self.bits).zip(x) {
+            let v = f64::from(v);
+            out.iter_mut()
+                .zip(col)
+                .for_each(|(o, &r)| *o += f64::from(r) * v);
         }
     }
 
@@ -126,15 +134,19 @@ impl Projection {
     pub fn direction(&self, signs: &[u8], norm: f32, u: &mut Vec<f64>, out: &mut [f32]) {
         u.clear();
         u.resize(self.dim, 0.0);
-        for (i, row) in self.rows.chunks_exact(self.dim).enumerate() {
-            let sign = if signs[i / 8] >> (i % 8) & 1 == 1 {
+        let sign = |i: usize| {
+            if signs[i / 8] >> (i % 8) & 1 == 1 {
                 1.0
             } else {
                 -1.0
-            };
-            u.iter_mut()
-                .zip(row)
-                .for_each(|(a, &r)| *a += sign * f64::from(r));
+            }
+        };
+        for (a, col) in u.iter_mut().zip(self.cols.chunks_exact(self.bits)) {
+            // Summed over rows in row order.
+            *a = col
+                .iter()
+                .enumerate()
+                .fold(0.0f64, |acc, (i, &r)| acc + sign(i) * f64::from(r));
         }
         let len = libm::sqrt(u.iter().map(|a| a * a).sum::<f64>());
         let k = if len > 0.0 {
@@ -272,9 +284,9 @@ mod tests {
         let bits: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
         assert_eq!(bits, PINNED, "entries {got:?}");
         // Roughly standard normal.
-        let n = p.rows.len() as f64;
-        let mean = p.rows.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-        let var = p.rows.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n;
+        let n = p.cols.len() as f64;
+        let mean = p.cols.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = p.cols.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n;
         assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.1, "{mean} {var}");
     }
 

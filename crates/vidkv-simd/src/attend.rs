@@ -3,7 +3,8 @@
 //! `out[h] = softmax(q_h·Kᵀ/√D)·V` over the packed blocks and the f16 residual. The SIMD levels
 //! run [`crate::kernel`] on VidKV mixed keys + ternary values (int8 weights, f32 softmax; within
 //! the tolerance documented on [`attend_head`]); H1B-KV sign-sketch keys run the fused popcount
-//! kernel of `sketch.rs` at every level (also [`Level::Scalar`]); every other configuration, and
+//! kernel of `sketch.rs` at every level (also [`Level::Scalar`]) when their values are per-token
+//! min/max (as in the `h1b` preset); every other configuration, and
 //! [`Level::Scalar`], decodes with the scalar backend and computes exact f32 attention (for
 //! sign-sketch keys [`reference_attend`] scores blocks with the same estimator, in f64).
 
@@ -296,7 +297,7 @@ pub fn reference_attend(
             .chunks_exact(d)
             .map(|k| q.iter().zip(k).map(|(a, b)| f64::from(a * b)).sum::<f64>() * scale)
             .collect();
-        if crate::sketch::handles(codec) {
+        if crate::sketch::sketch_keys(codec) {
             // Sign-sketch keys are scored with the estimator, not with the decoded keys.
             let est = vidkv_core::sketch::reference_scores(
                 codec,

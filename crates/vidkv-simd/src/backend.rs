@@ -135,12 +135,14 @@ impl KvQuantBackend for SimdBackend {
 
     /// A streaming-cache job ([`AttentionArgs`]) through [`crate::attend_head`]: the sinks and
     /// the residual ring are gathered into one contiguous f16 tail (attention does not depend on
-    /// token order). Jobs with salient tokens or a softmax scale other than `1/√D` run the scalar
-    /// kernel.
+    /// token order). Jobs with salient tokens, a softmax scale other than `1/√D`, or sign-sketch
+    /// keys with values other than per-token min/max run the scalar fused kernel.
     fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
         let d = codec.head_dim();
         let default_scale = 1.0 / libm::sqrtf(d as f32);
-        if args.salient.is_some() || args.scale != default_scale {
+        let sketch_without_kernel =
+            crate::sketch::sketch_keys(codec) && !crate::sketch::handles(codec);
+        if args.salient.is_some() || args.scale != default_scale || sketch_without_kernel {
             return ScalarBackend.attend(codec, args);
         }
         let short = |what, expected: usize, actual: usize| Error::ShapeMismatch {

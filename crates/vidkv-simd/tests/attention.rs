@@ -269,3 +269,14 @@ fn h1b_damaged_blocks_are_errors_not_panics() {
         }
     }
 }
+
+/// Sign-sketch keys with values the popcount kernel does not fuse fall back to the estimator
+/// reference (still the estimator, never `q·k̂`).
+#[test]
+fn sketch_keys_with_ternary_values_fall_back_to_the_estimator() {
+    let mut c = Scheme::H1b.config(HeadDim::new(64).unwrap(), GroupSize::G32);
+    c.values = vidkv_core::ValueScheme::Ternary {
+        scale: vidkv_core::TernaryScale::LeastSquares,
+    };
+    check(&Codec::new(c).unwrap(), 5, 3, 4, 8, 1e-5);
+}
