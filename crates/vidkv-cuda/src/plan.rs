@@ -824,6 +824,27 @@ mod tests {
     }
 
     #[test]
+    fn sign_sketch_codecs_are_unsupported_not_panics() {
+        let c = codec(Scheme::H1b, 128, 32);
+        assert!(unsupported_reason(&c).is_some());
+        assert!(matches!(
+            check_supported(&c, "attend"),
+            Err(Error::Unsupported {
+                backend: "cuda",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_decode(&c, true, c.key_block_bytes(), 1, 128 * 32 * 4),
+            Err(Error::Unsupported { .. })
+        ));
+        assert_eq!(kernel_codec(&c).key_kind, -1);
+        for s in [Scheme::Vidkv, Scheme::Kivi2] {
+            assert!(check_supported(&codec(s, 128, 32), "attend").is_ok());
+        }
+    }
+
+    #[test]
     fn kernel_codec_matches_layouts() {
         let c = codec(Scheme::Vidkv, 128, 32);
         let k = kernel_codec(&c);
