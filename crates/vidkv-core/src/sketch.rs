@@ -8,6 +8,7 @@
 //! gives `q·k ≈ ‖q‖·‖k‖·cos(π·h/b)` ([`cos_table`]). Decoding a key ([`Projection::direction`])
 //! returns `‖k‖·u/‖u‖` with `u = Rᵀ(2s − 1)`; attention does not use it.
 
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -160,6 +161,48 @@ impl Projection {
     }
 }
 
+/// The projection of a sign-sketch codec (`None` for other key schemes), shared: generating one
+/// costs `b·D` transcendental evaluations (about a millisecond at `b = D = 128`), so with the
+/// `std` feature the last eight distinct projections are kept in a process-wide cache and a
+/// decode step does not regenerate them per call. Without `std` it is generated each time.
+pub fn shared_projection(codec: &Codec) -> Option<Arc<Projection>> {
+    let KeyScheme::SignSketch { bits, seed } = codec.config().keys else {
+        return None;
+    };
+    Some(cached(bits, seed, codec.head_dim()))
+}
+
+#[cfg(feature = "std")]
+fn cached(bits: SketchBits, seed: u32, dim: usize) -> Arc<Projection> {
+    type Entry = ((SketchBits, u32, usize), Arc<Projection>);
+    static CACHE: std::sync::Mutex<Vec<Entry>> = std::sync::Mutex::new(Vec::new());
+    let key = (bits, seed, dim);
+    let lookup = |cache: &Vec<Entry>| {
+        cache
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, p)| p.clone())
+    };
+    if let Some(p) = CACHE.lock().ok().and_then(|c| lookup(&c)) {
+        return p;
+    }
+    let p = Arc::new(Projection::new(bits, seed, dim));
+    if let Ok(mut cache) = CACHE.lock()
+        && lookup(&cache).is_none()
+    {
+        if cache.len() == 8 {
+            cache.remove(0);
+        }
+        cache.push((key, p.clone()));
+    }
+    p
+}
+
+#[cfg(not(feature = "std"))]
+fn cached(bits: SketchBits, seed: u32, dim: usize) -> Arc<Projection> {
+    Arc::new(Projection::new(bits, seed, dim))
+}
+
 /// `cos(π·h/b)` for `h = 0 ..= b` (f64 with `libm`, rounded to f32): the score factor of a
 /// Hamming distance `h`.
 pub fn cos_table(bits: usize) -> Vec<f32> {
@@ -236,7 +279,7 @@ pub fn reference_scores(
     scale: f32,
 ) -> Result<Vec<f64>> {
     let (projection, KeyLayout::SignSketch { bits, norms, signs }) =
-        (Projection::for_codec(codec), *codec.key_layout())
+        (shared_projection(codec), *codec.key_layout())
     else {
         return Err(Error::InvalidConfig {
             reason: "reference_scores needs sign-sketch keys",
@@ -292,6 +335,18 @@ mod tests {
 
     // Reproduced independently with Python (math.log/sqrt/cos/sin on the same uniforms).
     const PINNED: [u32; 4] = [0xbf9e_4bad, 0x3fb7_161c, 0x3d4e_b85e, 0xbef3_4a5b];
+
+    #[test]
+    fn shared_projection_is_the_generated_one() {
+        use crate::config::{GroupSize, HeadDim, Scheme};
+        let c = Codec::new(Scheme::H1b.config(HeadDim::new(80).unwrap(), GroupSize::G32)).unwrap();
+        let a = shared_projection(&c).unwrap();
+        assert_eq!(*a, Projection::for_codec(&c).unwrap());
+        assert_eq!(*shared_projection(&c).unwrap(), *a);
+        let v =
+            Codec::new(Scheme::Vidkv.config(HeadDim::new(80).unwrap(), GroupSize::G32)).unwrap();
+        assert!(shared_projection(&v).is_none());
+    }
 
     #[test]
     fn signs_and_hamming() {

@@ -45,7 +45,7 @@ use vidkv_core::layout::trit_row_bytes;
 use vidkv_core::pack::{MAX_TRIT_BYTE, f16_at};
 use vidkv_core::{ChannelMask, Codec, Error, GroupSize, KeyLayout, KeyScheme, Result, ValueLayout};
 
-use vidkv_core::sketch::{Projection, QuerySketch, cos_table, read_norms};
+use vidkv_core::sketch::{Projection, QuerySketch, cos_table, read_norms, shared_projection};
 
 use crate::blocks::read_params;
 use crate::keys::{lane_transform, lane_value};
@@ -92,7 +92,7 @@ fn attend_g<const G: usize>(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> 
             .map(|s| SalientReader::new(codec, s, args.blocks))
             .transpose()?;
         let mut key_scorer = KeyScorer::new(codec, &queries, nq);
-        if let Some(projection) = Projection::for_codec(codec) {
+        if let Some(projection) = shared_projection(codec) {
             let raw = read_queries(args.queries, nq, d, 1.0)?;
             key_scorer.sketch = Some(SketchScorer::new(&projection, &raw, nq, d, args.scale));
         }

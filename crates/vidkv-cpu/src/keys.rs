@@ -16,7 +16,7 @@ use crate::blocks::{BlockIo, read_params, write_params};
 use crate::outliers::ChannelRanges;
 use crate::sketch;
 use crate::transform::{LaneTransform, is_imaginary_lane};
-use vidkv_core::sketch::Projection;
+use vidkv_core::sketch::{Projection, shared_projection};
 
 /// Encodes row-major `[blocks·G, D]` keys into `out` (`blocks · key_block_bytes`).
 ///
@@ -78,8 +78,8 @@ pub fn decode_key_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Resu
     Ok(())
 }
 
-fn sketch_projection(codec: &Codec) -> Projection {
-    Projection::for_codec(codec).expect("sign-sketch keys have a projection")
+fn sketch_projection(codec: &Codec) -> alloc::sync::Arc<Projection> {
+    shared_projection(codec).expect("sign-sketch keys have a projection")
 }
 
 /// The lane transform of a mixed-key codec.

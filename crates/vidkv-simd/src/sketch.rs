@@ -19,7 +19,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use vidkv_core::sketch::{Projection, QuerySketch, cos_table, read_norms};
+use vidkv_core::sketch::{QuerySketch, cos_table, read_norms, shared_projection};
 use vidkv_core::{AffineParams, Codec, Error, KeyLayout, Result, ValueLayout};
 
 use crate::attend::HeadCache;
@@ -192,7 +192,7 @@ struct Queries {
 
 impl Queries {
     fn new(codec: &Codec, queries: &[f32], scale: f32) -> Self {
-        let projection = Projection::for_codec(codec).expect("sign-sketch codec");
+        let projection = shared_projection(codec).expect("sign-sketch codec");
         let d = codec.head_dim();
         let nw = projection.bits() / 64;
         let mut words = Vec::with_capacity(queries.len() / d * nw);
