@@ -71,7 +71,7 @@ pub struct RoundtripArgs {
     pub input: PathBuf,
     /// Output safetensors file (overwritten).
     pub output: PathBuf,
-    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2.
+    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2, h1b.
     #[arg(long, value_name = "NAME")]
     pub scheme: String,
     /// Overrides on top of the preset.
