@@ -275,7 +275,7 @@ unsafe fn attend_with<P: Popcount>(
     let scale = 1.0 / libm::sqrtf(d as f32);
     let qs = Queries::new(codec, queries, scale);
     let mut st = State::new(hq, d, g);
-    let mut blocks = Blocks::new(codec, hq);
+    let mut blocks = Blocks::new(codec);
     let (kb, vb) = (codec.key_block_bytes(), codec.value_block_bytes());
     for b in 0..cache.blocks {
         let kblock = &cache.key_blocks[b * kb..][..kb];
@@ -322,7 +322,7 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn new(codec: &Codec, _hq: usize) -> Self {
+    fn new(codec: &Codec) -> Self {
         let (d, g) = (codec.head_dim(), codec.group());
         let groups = match *codec.value_layout() {
             ValueLayout::PerToken { channel_group, .. } => d.div_ceil(channel_group),
