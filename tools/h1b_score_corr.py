@@ -24,7 +24,7 @@ def proj(seed,b,d):
         r=math.sqrt(-2*math.log(u1)); th=2*math.pi*u2
         rows+=[r*math.cos(th), r*math.sin(th)]
     return np.array(rows[:b*d],dtype=np.float32).astype(np.float64).reshape(b,d)
-t=load('(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/smollm2_apache_kv.safetensors")')
+t = load(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/smollm2_apache_kv.safetensors")
 for b in (64,256):
     R=proj(0x4831424B,b,64)
     line=[]
