@@ -15,6 +15,7 @@
 
 use half::f16;
 use vidkv_core::pack::{f16_at, unpack_codes, unpack_trits};
+use vidkv_core::sketch::Projection;
 use vidkv_core::traced::pick_traced;
 use vidkv_core::{
     AffineParams, Arithmetic, Bits, ChannelMask, Codec, KeyLayout, KeyScheme, LaneRule, MixedKeys,
@@ -76,11 +77,11 @@ pub struct KeyFields {
     pub mask: ChannelMask,
     /// Outlier (mixed) or per-channel affine parameters, ascending channel.
     pub params: Vec<AffineParams>,
-    /// Lane scales (mixed).
+    /// Lane scales (mixed); token norms (sign sketch).
     pub scales: Vec<f16>,
     /// Affine codes, channel-major: `codes[i·G + t]`.
     pub codes: Vec<u8>,
-    /// Lane bits, lane-major: `bits[j·G + t]`.
+    /// Lane bits, lane-major: `bits[j·G + t]`; sketch signs, token-major: `bits[t·b + i]`.
     pub bits: Vec<u8>,
     /// Traced tokens (OTT): the index bytes of the filled slots, in slot order.
     pub traced: Vec<usize>,
@@ -156,7 +157,92 @@ pub fn key_fields(codec: &Codec, block: &[u8]) -> KeyFields {
                 traced,
             }
         }
+        KeyLayout::SignSketch { bits, norms, signs } => {
+            let mut b = vec![0u8; g * bits];
+            unpack_codes(1, &block[signs.range()], &mut b);
+            KeyFields {
+                mask: ChannelMask::default(),
+                params: Vec::new(),
+                scales: (0..g).map(|t| f16_at(&block[norms.range()], t)).collect(),
+                codes: Vec::new(),
+                bits: b,
+                traced,
+            }
+        }
     }
+}
+
+/// `(‖x‖, R·x, Σ_c |R_ic·x_c|)` per sketch row, in f64.
+fn sketch_projection(projection: &Projection, x: &[f32]) -> (f64, Vec<f64>, Vec<f64>) {
+    let norm = x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    let (dots, sizes) = (0..projection.bits())
+        .map(|i| {
+            x.iter().enumerate().fold((0.0, 0.0), |(s, a), (c, &v)| {
+                let term = f64::from(projection.entry(i, c)) * f64::from(v);
+                (s + term, a + term.abs())
+            })
+        })
+        .unzip();
+    (norm, dots, sizes)
+}
+
+/// Sign-sketch fields of a block against its input rows: a norm is `f16(‖x‖)` or an adjacent
+/// value at a rounding boundary, a sign is that of `r_i·x` unless `|r_i·x| ≤ 1e-9·Σ|r_ic·x_c|`
+/// (f64 sums in another order). Returns the boundary cases.
+fn check_sketch_fields(codec: &Codec, f: &KeyFields, rows: &[f32]) -> Result<u64, String> {
+    let projection = Projection::for_codec(codec).expect("sign-sketch codec");
+    let (d, b) = (codec.head_dim(), projection.bits());
+    let mut boundary = 0;
+    for (t, x) in rows.chunks_exact(d).enumerate() {
+        let (norm, dots, sizes) = sketch_projection(&projection, x);
+        let want = f16::from_f64(norm.min(F16_MAX));
+        if f.scales[t] != want {
+            if !mean_boundary(norm, f.scales[t], want) {
+                return Err(format!(
+                    "token {t}: norm {} is not f16(‖x‖ = {norm})",
+                    f.scales[t]
+                ));
+            }
+            boundary += 1;
+        }
+        for i in 0..b {
+            if (f.bits[t * b + i] == 1) != (dots[i] >= 0.0) {
+                if dots[i].abs() > 1e-9 * sizes[i] {
+                    return Err(format!(
+                        "token {t} bit {i}: sign of r·x = {} differs",
+                        dots[i]
+                    ));
+                }
+                boundary += 1;
+            }
+        }
+    }
+    Ok(boundary)
+}
+
+/// Decoded sign-sketch keys: each row is `‖k‖·u/‖u‖`, `u = Rᵀ(2s − 1)` of its own block's
+/// fields, to f32 rounding.
+fn check_sketch_decode(codec: &Codec, f: &KeyFields, decoded: &[f32]) -> Result<(), String> {
+    let projection = Projection::for_codec(codec).expect("sign-sketch codec");
+    let (d, b) = (codec.head_dim(), projection.bits());
+    for (t, y) in decoded.chunks_exact(d).enumerate() {
+        let mut u = vec![0.0f64; d];
+        for i in 0..b {
+            let s = if f.bits[t * b + i] == 1 { 1.0 } else { -1.0 };
+            for (c, a) in u.iter_mut().enumerate() {
+                *a += s * f64::from(projection.entry(i, c));
+            }
+        }
+        let len = u.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let norm = f64::from(f.scales[t].to_f32());
+        for (c, (&a, &yc)) in u.iter().zip(y).enumerate() {
+            let want = if len > 0.0 { norm * a / len } else { 0.0 };
+            if (want - f64::from(yc)).abs() > 1e-6 * norm.max(1e-30) {
+                return Err(format!("token {t} channel {c}: decoded {yc}, want {want}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A value block's fields, unvalidated.
@@ -304,6 +390,13 @@ pub fn compare_keys(
                 return Err(format!("block {b}: traced tokens or rows differ"));
             }
         }
+        if let KeyScheme::SignSketch { .. } = codec.config().keys {
+            check_sketch_fields(codec, &fr, x)
+                .map_err(|e| format!("block {b} (reference): {e}"))?;
+            tally.boundary +=
+                check_sketch_fields(codec, &fc, x).map_err(|e| format!("block {b}: {e}"))?;
+            continue;
+        }
         if fr.mask != fc.mask {
             return Err(format!("block {b}: outlier masks differ"));
         }
@@ -315,7 +408,7 @@ pub fn compare_keys(
         }
         let channels: Vec<usize> = match codec.config().keys {
             KeyScheme::Mixed(_) => fr.mask.outliers(d).collect(),
-            KeyScheme::PerChannel { .. } => (0..d).collect(),
+            KeyScheme::PerChannel { .. } | KeyScheme::SignSketch { .. } => (0..d).collect(),
         };
         for (i, &ch) in channels.iter().enumerate() {
             for t in 0..g {
@@ -606,6 +699,11 @@ pub fn check_key_bounds(
                 (f.mask.outliers(d).collect(), Bits::Two)
             }
             KeyScheme::PerChannel { bits } => ((0..d).collect(), bits),
+            KeyScheme::SignSketch { .. } => {
+                check_sketch_fields(codec, &f, x).map_err(|e| format!("block {b}: {e}"))?;
+                check_sketch_decode(codec, &f, y).map_err(|e| format!("block {b}: {e}"))?;
+                continue;
+            }
         };
         for (i, &c) in channels.iter().enumerate() {
             let p = f.params[i];

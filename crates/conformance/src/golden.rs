@@ -118,6 +118,26 @@ pub fn specs() -> Vec<Spec> {
             masked: false,
         });
     }
+    // H1B-KV at D = 128 (b = 128), and b = 256 with another seed over D = 64.
+    v.push(Spec {
+        name: "h1b-d128-g32".into(),
+        config: Scheme::H1b.config(HeadDim::new(128).unwrap(), GroupSize::G32),
+        masked: false,
+    });
+    v.push(Spec {
+        name: "sketch256-seed7-f32-pertoken2-d64-g32".into(),
+        config: cfg(
+            64,
+            32,
+            KeyScheme::SignSketch {
+                bits: vidkv_core::SketchBits::B256,
+                seed: 7,
+            },
+            ValueScheme::PerToken { bits: Bits::Two },
+            Arithmetic::F32,
+        ),
+        masked: false,
+    });
     let ternary = |scale| ValueScheme::Ternary { scale };
     let variants = [
         (

@@ -19,7 +19,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use vidkv_core::{
     Arithmetic, Bits, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme, LaneRule,
-    MixedKeys, OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+    MixedKeys, OutlierScope, QuantConfig, Scheme, SketchBits, TernaryScale, Transform, ValueScheme,
 };
 
 use crate::rng::Rng;
@@ -336,6 +336,9 @@ pub fn describe(c: &QuantConfig) -> String {
             m.outlier_ratio, m.scope, m.transform, m.lane_rule
         ),
         KeyScheme::PerChannel { bits } => format!("per-channel({}b)", bits.get()),
+        KeyScheme::SignSketch { bits, seed } => {
+            format!("sign-sketch(b={}, seed={seed})", bits.get())
+        }
     };
     let values = match c.values {
         ValueScheme::Ternary { scale } => format!("ternary({scale:?})"),
@@ -381,9 +384,15 @@ fn key_scheme() -> impl Strategy<Value = KeyScheme> {
                 lane_rule,
             })
         });
+    let sketch = (
+        prop::sample::select(vec![SketchBits::B64, SketchBits::B128, SketchBits::B256]),
+        any::<u32>(),
+    )
+        .prop_map(|(bits, seed)| KeyScheme::SignSketch { bits, seed });
     prop_oneof![
-        2 => mixed,
-        1 => bits().prop_map(|bits| KeyScheme::PerChannel { bits }),
+        4 => mixed,
+        2 => bits().prop_map(|bits| KeyScheme::PerChannel { bits }),
+        1 => sketch,
     ]
 }
 
@@ -409,8 +418,11 @@ pub fn head_dim() -> impl Strategy<Value = usize> {
 }
 
 /// Makes a random combination valid: PaperCompat needs Fft; Hadamard needs a power-of-two lane
-/// count.
+/// count; sign-sketch keys have no traced tokens.
 fn fix_up(mut c: QuantConfig) -> QuantConfig {
+    if let KeyScheme::SignSketch { .. } = c.keys {
+        c.traced_tokens = 0;
+    }
     if let KeyScheme::Mixed(m) = &mut c.keys {
         if m.lane_rule == LaneRule::PaperCompat {
             m.transform = Transform::Fft;

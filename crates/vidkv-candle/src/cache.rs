@@ -377,6 +377,10 @@ impl QuantCache {
                 let c = codec.config();
                 match (c.keys, c.values) {
                     (KeyScheme::Mixed(_), ValueScheme::Ternary { .. }) => AttentionPath::Fused,
+                    // H1B-KV: attention *is* the sketch estimator; decoded keys are not the scheme.
+                    (KeyScheme::SignSketch { .. }, ValueScheme::PerToken { .. }) => {
+                        AttentionPath::Fused
+                    }
                     _ => AttentionPath::Exact,
                 }
             }

@@ -729,7 +729,7 @@ impl<B: KvQuantBackend> KvCache<B> {
                 Some(chosen)
             }
             KeyScheme::Mixed(_) => s.outliers,
-            KeyScheme::PerChannel { .. } => None,
+            KeyScheme::PerChannel { .. } | KeyScheme::SignSketch { .. } => None,
         };
 
         let excluded: Vec<u8> = flags
@@ -873,6 +873,38 @@ impl<B: KvQuantBackend> KvCache<B> {
             }
         }
         Ok((keys, values))
+    }
+
+    /// The f64 reference of [`Self::attend`] for sequence `seq` (`q` is `[query_heads,
+    /// head_dim]`; returns `[query_heads, head_dim]`): exact softmax attention over the
+    /// dequantized cache, except that the quantized tokens of sign-sketch keys are scored with
+    /// the estimator fused attention uses ([`crate::sketch::reference_scores`]), not with the
+    /// decoded keys. For tests and evaluations.
+    pub fn reference_attend(&self, seq: usize, q: &[f32]) -> Result<Vec<f64>> {
+        let s = self.sequence(seq)?;
+        let (k, v) = self.dequantize(seq)?;
+        let (d, n) = (self.config.codec.head_dim(), s.tokens);
+        let group = self.config.group_size();
+        let scale = self.config.softmax_scale();
+        let mut out = Vec::with_capacity(q.len());
+        for (h, qh) in q.chunks_exact(d).enumerate().take(self.config.query_heads) {
+            let kv = h / group;
+            let (keys, values) = (&k[kv * n * d..][..n * d], &v[kv * n * d..][..n * d]);
+            let mut scores = dot_scores(keys, d, qh, scale);
+            if let KeyScheme::SignSketch { .. } = self.config.codec.config().keys
+                && s.blocks > 0
+            {
+                let est = crate::sketch::reference_scores(
+                    &self.config.codec,
+                    &self.key_blocks(seq, kv)?,
+                    qh,
+                    scale,
+                )?;
+                scores[s.sink_len..][..est.len()].copy_from_slice(&est);
+            }
+            out.extend(attention_from_scores(&scores, values, d).0);
+        }
+        Ok(out)
     }
 
     /// Fused decode attention for sequence `seq`: `q` is `[query_heads, head_dim]`, `out` the same
@@ -1046,6 +1078,7 @@ fn block_metadata(codec: &Codec) -> (usize, usize) {
             ..
         } => mask.len + outlier_params.len + lane_scales.len,
         KeyLayout::PerChannel { params, .. } => params.len,
+        KeyLayout::SignSketch { norms, .. } => norms.len,
     };
     let values = match *codec.value_layout() {
         ValueLayout::Ternary { scales, .. } => scales.len,
@@ -1106,9 +1139,12 @@ pub fn reference_attention(
     q: &[f32],
     scale: f32,
 ) -> (Vec<f64>, Vec<f64>) {
-    let tokens = keys.len() / head_dim;
-    let scores: Vec<f64> = keys
-        .chunks_exact(head_dim)
+    attention_from_scores(&dot_scores(keys, head_dim, q, scale), values, head_dim)
+}
+
+/// `scale·q·k` in f64 for every row of `keys`.
+fn dot_scores(keys: &[f32], head_dim: usize, q: &[f32], scale: f32) -> Vec<f64> {
+    keys.chunks_exact(head_dim)
         .map(|k| {
             k.iter()
                 .zip(q)
@@ -1116,7 +1152,17 @@ pub fn reference_attention(
                 .sum::<f64>()
                 * f64::from(scale)
         })
-        .collect();
+        .collect()
+}
+
+/// Softmax attention in f64 over given (already scaled) scores, one per row of `values`.
+/// Returns the output and the attention weights.
+pub fn attention_from_scores(
+    scores: &[f64],
+    values: &[f32],
+    head_dim: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let tokens = scores.len();
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut weights: Vec<f64> = scores.iter().map(|s| libm::exp(s - max)).collect();
     let sum: f64 = weights.iter().sum();

@@ -160,6 +160,50 @@ impl MixedKeys {
     }
 }
 
+/// Length b of an H1B-KV sign sketch: bits per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum SketchBits {
+    /// 64 bits.
+    B64 = 64,
+    /// 128 bits.
+    B128 = 128,
+    /// 256 bits.
+    B256 = 256,
+}
+
+impl SketchBits {
+    /// Validates a sketch length.
+    pub fn new(bits: usize) -> Result<Self> {
+        match bits {
+            64 => Ok(Self::B64),
+            128 => Ok(Self::B128),
+            256 => Ok(Self::B256),
+            _ => Err(Error::InvalidConfig {
+                reason: "sketch bits must be 64, 128 or 256",
+            }),
+        }
+    }
+
+    /// The smallest supported length that is at least `head_dim` (one bit per key element at
+    /// D = 64, 128, 256).
+    pub fn for_head_dim(head_dim: HeadDim) -> Self {
+        match head_dim.get() {
+            ..=64 => Self::B64,
+            65..=128 => Self::B128,
+            _ => Self::B256,
+        }
+    }
+
+    /// Bits per key.
+    pub fn get(self) -> usize {
+        self as usize
+    }
+}
+
+/// Seed of the H1B-KV projection used by the `h1b` preset.
+pub const DEFAULT_SKETCH_SEED: u32 = 0x4831_424B; // "H1BK"
+
 /// How keys are quantized.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KeyScheme {
@@ -169,6 +213,14 @@ pub enum KeyScheme {
     PerChannel {
         /// Code width.
         bits: Bits,
+    },
+    /// H1B-KV one-bit sketched keys: each key is stored as its norm (f16) and the signs of a
+    /// seeded Gaussian projection `sign(R·k)`, `R ∈ ℝ^{b×D}` (see [`crate::sketch`]).
+    SignSketch {
+        /// Sketch length b.
+        bits: SketchBits,
+        /// Seed of the projection R.
+        seed: u32,
     },
 }
 
@@ -277,6 +329,13 @@ impl QuantConfig {
                 reason: "at most G/4 traced tokens per block",
             });
         }
+        if matches!(self.keys, KeyScheme::SignSketch { .. })
+            && (self.traced_tokens > 0 || self.calibration.keys != 0.0)
+        {
+            return Err(Error::InvalidConfig {
+                reason: "sign-sketch keys have no traced tokens and no key calibration",
+            });
+        }
         if let KeyScheme::Mixed(m) = self.keys {
             if !(0.0..=1.0).contains(&m.outlier_ratio) {
                 return Err(Error::InvalidConfig {
@@ -322,11 +381,16 @@ pub enum Scheme {
     /// [`Scheme::traced_slots`] tokens that stretch the channel ranges most are kept in f16 and
     /// left out of the block's key statistics.
     Ott2,
+    /// H1B-KV: keys as one-bit sign sketches (b = the smallest of 64/128/256 that is ≥ D, seed
+    /// [`DEFAULT_SKETCH_SEED`]) plus f16 norms, values 4-bit per token (KIVI-4 values); f32
+    /// arithmetic. The published method fine-tunes the model for it; we use it without
+    /// fine-tuning.
+    H1b,
 }
 
 impl Scheme {
     /// All presets, in report order.
-    pub const ALL: [Scheme; 7] = [
+    pub const ALL: [Scheme; 8] = [
         Scheme::Vidkv,
         Scheme::VidkvPaper,
         Scheme::Kivi2,
@@ -334,6 +398,7 @@ impl Scheme {
         Scheme::Pc2,
         Scheme::VidkvStp,
         Scheme::Ott2,
+        Scheme::H1b,
     ];
 
     /// The name used on the command line and in reports.
@@ -346,6 +411,7 @@ impl Scheme {
             Scheme::Pc2 => "pc2",
             Scheme::VidkvStp => "vidkv-stp",
             Scheme::Ott2 => "ott2",
+            Scheme::H1b => "h1b",
         }
     }
 
@@ -414,6 +480,14 @@ impl Scheme {
                 ValueScheme::PerChannel { bits: Bits::Two },
                 Arithmetic::Reference,
             ),
+            Scheme::H1b => (
+                KeyScheme::SignSketch {
+                    bits: SketchBits::for_head_dim(head_dim),
+                    seed: DEFAULT_SKETCH_SEED,
+                },
+                ValueScheme::PerToken { bits: Bits::Four },
+                Arithmetic::F32,
+            ),
         };
         QuantConfig {
             traced_tokens: self.traced_slots(group),
@@ -456,6 +530,36 @@ mod tests {
                 assert_eq!(Scheme::from_name(s.name()).unwrap(), s);
             }
         }
+    }
+
+    #[test]
+    fn sketch_bits_validate_and_follow_head_dim() {
+        for b in [64, 128, 256] {
+            assert_eq!(SketchBits::new(b).unwrap().get(), b);
+        }
+        for b in [0, 32, 100, 512] {
+            assert!(SketchBits::new(b).is_err());
+        }
+        for (d, b) in [
+            (16, 64),
+            (64, 64),
+            (66, 128),
+            (128, 128),
+            (130, 256),
+            (256, 256),
+        ] {
+            let c = Scheme::H1b.config(HeadDim::new(d).unwrap(), GroupSize::G32);
+            assert_eq!(
+                c.keys,
+                KeyScheme::SignSketch {
+                    bits: SketchBits::new(b).unwrap(),
+                    seed: DEFAULT_SKETCH_SEED
+                }
+            );
+        }
+        let mut c = Scheme::H1b.config(HeadDim::new(64).unwrap(), GroupSize::G32);
+        c.traced_tokens = 1;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use half::f16;
 
 use crate::config::{
     Arithmetic, Bits, Calibration, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys,
-    OutlierScope, QuantConfig, TernaryScale, Transform, ValueScheme,
+    OutlierScope, QuantConfig, SketchBits, TernaryScale, Transform, ValueScheme,
 };
 use crate::error::{Error, Result};
 use crate::layout::{ChannelMask, Codec};
@@ -255,6 +255,7 @@ impl<'a> Reader<'a> {
 
 const KEY_MIXED: u8 = 0;
 const KEY_PER_CHANNEL: u8 = 1;
+const KEY_SIGN_SKETCH: u8 = 2;
 const VALUE_TERNARY: u8 = 0;
 const VALUE_PER_TOKEN: u8 = 1;
 const VALUE_PER_CHANNEL: u8 = 2;
@@ -288,6 +289,11 @@ fn write_config(c: &QuantConfig, out: &mut [u8]) {
         KeyScheme::PerChannel { bits } => {
             out[17] = KEY_PER_CHANNEL;
             out[18] = bits.get() as u8;
+        }
+        KeyScheme::SignSketch { bits, seed } => {
+            out[17] = KEY_SIGN_SKETCH;
+            out[18] = (bits.get() / 8) as u8;
+            out[24..28].copy_from_slice(&seed.to_le_bytes());
         }
     }
     let (kind, option) = match c.values {
@@ -357,6 +363,16 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
                 bits: bits(18, "per-channel key bits not 2 or 4")?,
             }
         }
+        KEY_SIGN_SKETCH => {
+            if h[19..22] != [0, 0, 0] {
+                return Err(bad("mixed-key options set for sign-sketch keys", 19));
+            }
+            KeyScheme::SignSketch {
+                bits: SketchBits::new(usize::from(h[18]) * 8)
+                    .map_err(|_| bad("sketch bytes not 8, 16 or 32", 18))?,
+                seed: r.u32(24)?,
+            }
+        }
         _ => return Err(bad("unknown key scheme", 17)),
     };
     let values = match h[22] {
@@ -399,7 +415,7 @@ fn has_layer_mask(codec: &Codec) -> bool {
 fn outlier_count(codec: &Codec) -> usize {
     match codec.config().keys {
         KeyScheme::Mixed(m) => m.outlier_count(codec.config().head_dim),
-        KeyScheme::PerChannel { .. } => 0,
+        KeyScheme::PerChannel { .. } | KeyScheme::SignSketch { .. } => 0,
     }
 }
 
@@ -882,6 +898,35 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn sign_sketch_header_bytes() {
+        for (bits, seed) in [(SketchBits::B64, 7u32), (SketchBits::B256, u32::MAX)] {
+            let cfg = QuantConfig::new(
+                HeadDim::new(64).unwrap(),
+                GroupSize::G32,
+                KeyScheme::SignSketch { bits, seed },
+                ValueScheme::PerToken { bits: Bits::Four },
+                Arithmetic::F32,
+            );
+            let c = Codec::new(cfg).unwrap();
+            let bytes = sample(&c);
+            assert_eq!(bytes[17], 2);
+            assert_eq!(usize::from(bytes[18]), bits.get() / 8);
+            assert_eq!(bytes[24..28], seed.to_le_bytes());
+            assert_eq!(bytes[19..22], [0, 0, 0]);
+            assert_eq!(*Container::parse(&bytes).unwrap().config(), cfg);
+            // A sketch length other than 8/16/32 bytes is refused (checksum fixed up).
+            let mut bad = bytes.clone();
+            bad[18] = 12;
+            let sum = xxhash_rust::xxh3::xxh3_64(&bad[..56]);
+            bad[56..64].copy_from_slice(&sum.to_le_bytes());
+            assert!(matches!(
+                Container::parse(&bad),
+                Err(Error::Container { offset: 18, .. })
+            ));
         }
     }
 

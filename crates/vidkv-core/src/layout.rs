@@ -161,6 +161,16 @@ pub enum KeyLayout {
         /// Codes.
         codes: Section,
     },
+    /// H1B-KV sign sketch. Sections: `norms` (f16 `‖k_t‖` per token), `signs` (token-major,
+    /// `b/8` bytes per token; bit i of token t, LSB first, is `r_i·k_t ≥ 0`).
+    SignSketch {
+        /// Sketch length b in bits.
+        bits: usize,
+        /// Norms.
+        norms: Section,
+        /// Sign rows.
+        signs: Section,
+    },
 }
 
 /// Layout of a value block.
@@ -244,6 +254,18 @@ impl KeyLayout {
                     codes,
                 }
             }
+            KeyScheme::SignSketch { bits, .. } => {
+                let norms = Section {
+                    offset: 0,
+                    len: g * 2,
+                };
+                let signs = Section::after(norms, g * bits.get() / 8);
+                KeyLayout::SignSketch {
+                    bits: bits.get(),
+                    norms,
+                    signs,
+                }
+            }
         }
     }
 
@@ -252,6 +274,7 @@ impl KeyLayout {
         let last = match self {
             KeyLayout::Mixed { lane_bits, .. } => lane_bits,
             KeyLayout::PerChannel { codes, .. } => codes,
+            KeyLayout::SignSketch { signs, .. } => signs,
         };
         last.offset + last.len
     }
@@ -440,10 +463,39 @@ mod tests {
                         KeyLayout::PerChannel { params, codes, .. } => {
                             assert_eq!(params.offset + params.len, codes.offset);
                         }
+                        KeyLayout::SignSketch { norms, signs, .. } => {
+                            assert_eq!(norms.offset, 0);
+                            assert_eq!(norms.offset + norms.len, signs.offset);
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn h1b_block_sizes() {
+        // D = 64, b = 64: 32 norms · 2 + 32 tokens · 8 bytes of signs.
+        let c = codec(Scheme::H1b, 64, 32);
+        assert_eq!(c.key_block_bytes(), 64 + 256);
+        assert_eq!(c.key_bits_per_element(), 1.25);
+        // D = 128, b = 128, G = 64: 64·2 + 64·16.
+        let c = codec(Scheme::H1b, 128, 64);
+        assert_eq!(c.key_block_bytes(), 128 + 1024);
+        let KeyLayout::SignSketch { bits, norms, signs } = *c.key_layout() else {
+            panic!("h1b keys are sign sketches")
+        };
+        assert_eq!(
+            (bits, norms.len, signs.offset, signs.len),
+            (128, 128, 128, 1024)
+        );
+        // Values are KIVI-4's.
+        assert_eq!(
+            c.value_block_bytes(),
+            codec(Scheme::Kivi4, 128, 64).value_block_bytes()
+        );
+        // D = 80 rounds up to b = 128.
+        assert_eq!(codec(Scheme::H1b, 80, 32).key_block_bytes(), 64 + 32 * 16);
     }
 
     #[test]

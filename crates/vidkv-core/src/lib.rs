@@ -8,6 +8,8 @@
 //! * [`pack`] — the one set of bit-packing primitives (1/2/4-bit codes, base-3 trits, f16 fields);
 //! * [`backend`] — the [`KvQuantBackend`] trait that the scalar, SIMD and CUDA backends implement;
 //! * [`container`] — the `.vkv` file that holds a whole quantized cache;
+//! * [`sketch`] — the H1B-KV sign-sketch projection and score estimator (one place for every
+//!   backend);
 //! * [`cache`] — the streaming KV cache over any backend: blocks, residual window, attention
 //!   sinks, salient tokens, batches and GQA;
 //! * [`error`] — the typed errors every fallible call returns.
@@ -19,6 +21,8 @@
 #![warn(missing_docs)]
 
 extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
 
 pub mod backend;
 pub mod cache;
@@ -28,13 +32,14 @@ pub mod error;
 pub mod layout;
 pub mod outliers;
 pub mod pack;
+pub mod sketch;
 pub mod traced;
 
 pub use backend::{Capability, DType, HeadTensor, KvQuantBackend, Operation};
 pub use cache::{CacheConfig, KvCache, MemoryUsage, Salient};
 pub use config::{
     Arithmetic, Bits, Calibration, GroupSize, HeadDim, KeyScheme, LaneRule, MixedKeys,
-    OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+    OutlierScope, QuantConfig, Scheme, SketchBits, TernaryScale, Transform, ValueScheme,
 };
 pub use error::{Error, Result};
 pub use layout::{AffineParams, ChannelMask, Codec, KeyLayout, Section, ValueLayout};

@@ -12,6 +12,10 @@
 //!   changes the mask). Every lane rule makes `ẑ_j = α_j + β_j·bit` affine in the bit, so a key's
 //!   lane score is a constant plus a weighted sum of its bits.
 //! * **Per-channel keys**: `Σ_c q_c·lo_c + Σ_c (q_c·step_c)·code`.
+//! * **Sign-sketch keys** (H1B-KV): the SimHash estimate `scale·‖q‖·‖k_t‖·cos(π·h_t/b)` with
+//!   `h_t` the Hamming distance of `sign(R·q)` (computed once per call) and the token's signs,
+//!   `cos(π·h/b)` from a table; this is *not* `q·k̂` of the decoded keys, so its reference is
+//!   the same estimator in f64 ([`vidkv_core::sketch::reference_scores`]).
 //! * **Ternary values**: `Σ_t p_t·trit_{t,c}` per (channel, block), times the channel's scale once.
 //! * **Per-channel values**: `lo_c·Σp + step_c·Σ p_t·code_{t,c}`.
 //! * **Per-token values** (KIVI): `Σ_t p_t·(lo_{t,g} + step_{t,g}·code)` with each token's
@@ -42,6 +46,8 @@ use vidkv_core::cache::salient_codec;
 use vidkv_core::layout::trit_row_bytes;
 use vidkv_core::pack::{MAX_TRIT_BYTE, f16_at};
 use vidkv_core::{ChannelMask, Codec, Error, GroupSize, KeyLayout, KeyScheme, Result, ValueLayout};
+
+use vidkv_core::sketch::{Projection, QuerySketch, cos_table, read_norms, shared_projection};
 
 use crate::blocks::read_params;
 use crate::keys::{lane_transform, lane_value};
@@ -88,6 +94,10 @@ fn attend_g<const G: usize>(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> 
             .map(|s| SalientReader::new(codec, s, args.blocks))
             .transpose()?;
         let mut key_scorer = KeyScorer::new(codec, &queries, nq);
+        if let Some(projection) = shared_projection(codec) {
+            let raw = read_queries(args.queries, nq, d, 1.0)?;
+            key_scorer.sketch = Some(SketchScorer::new(&projection, &raw, nq, d, args.scale));
+        }
         let mut value_acc = ValueAccumulator::new(codec, nq);
         for (b, (kblock, vblock)) in keys
             .chunks_exact(kb)
@@ -503,6 +513,7 @@ struct KeyScorer {
     queries: Vec<f32>,
     traced_row: Vec<f32>,
     traced: Vec<(usize, usize)>,
+    sketch: Option<SketchScorer>,
 }
 
 /// What mixed-precision keys need beyond per-channel keys: the adjoint weights per mask.
@@ -568,7 +579,7 @@ impl KeyScorer {
                     scratch: Vec::new(),
                 })
             }
-            KeyScheme::PerChannel { .. } => None,
+            KeyScheme::PerChannel { .. } | KeyScheme::SignSketch { .. } => None,
         };
         Self {
             nq,
@@ -586,6 +597,7 @@ impl KeyScorer {
             queries: q.to_vec(),
             traced_row: vec![0.0; d],
             traced: Vec::with_capacity(usize::from(codec.config().traced_tokens)),
+            sketch: None,
         }
     }
 
@@ -702,6 +714,19 @@ impl KeyScorer {
                 self.mixed = Some(st);
                 result
             }
+            KeyLayout::SignSketch { bits, norms, signs } => {
+                let st = self
+                    .sketch
+                    .as_mut()
+                    .expect("sign-sketch keys have a sketch state");
+                st.score::<G>(
+                    bits,
+                    &block[norms.range()],
+                    norms.offset,
+                    &block[signs.range()],
+                    scores,
+                )
+            }
         }
     }
 
@@ -767,6 +792,73 @@ impl KeyScorer {
             accumulate_rows::<G>(weights, q % QW, &self.codes, out);
         }
     }
+}
+
+/// Scores sign-sketch keys (H1B-KV) with the SimHash estimator
+/// `score = scale·‖q‖·‖k_t‖·cos(π·h/b)`, `h` the Hamming distance of `sign(R·q)` and the key's
+/// signs, over `u64` words with `count_ones` (POPCNT).
+struct SketchScorer {
+    /// Query sign rows as little-endian `u64` words, `[nq, b/64]`.
+    words: Vec<u64>,
+    /// `scale·‖q‖` per query.
+    qnorm: Vec<f32>,
+    /// `cos(π·h/b)` for `h = 0 ..= b`.
+    cos: Vec<f32>,
+    norms: Vec<f32>,
+}
+
+impl SketchScorer {
+    fn new(projection: &Projection, raw: &[f32], nq: usize, d: usize, scale: f32) -> Self {
+        let mut words = Vec::with_capacity(nq * projection.bits() / 64);
+        let mut qnorm = Vec::with_capacity(nq);
+        for q in raw.chunks_exact(d) {
+            let sk = QuerySketch::new(projection, q);
+            words.extend(sign_words(&sk.signs));
+            qnorm.push((f64::from(scale) * sk.norm) as f32);
+        }
+        Self {
+            words,
+            qnorm,
+            cos: cos_table(projection.bits()),
+            norms: Vec::new(),
+        }
+    }
+
+    #[inline(never)]
+    fn score<const G: usize>(
+        &mut self,
+        bits: usize,
+        norms: &[u8],
+        norms_offset: usize,
+        signs: &[u8],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        self.norms.resize(G, 0.0);
+        read_norms(norms, norms_offset, &mut self.norms)?;
+        let nw = bits / 64;
+        for (t, row) in signs.chunks_exact(bits / 8).enumerate().take(G) {
+            let key = sign_words(row);
+            let nt = self.norms[t];
+            for (q, qw) in self.words.chunks_exact(nw).enumerate() {
+                let h: u32 = qw
+                    .iter()
+                    .zip(key.clone())
+                    .map(|(a, b)| (a ^ b).count_ones())
+                    .sum();
+                scores[q * G + t] = self.qnorm[q] * nt * self.cos[h as usize];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A packed sign row as little-endian `u64` words.
+#[inline(always)]
+fn sign_words(row: &[u8]) -> impl Iterator<Item = u64> + Clone + '_ {
+    row.as_chunks::<8>()
+        .0
+        .iter()
+        .map(|w| u64::from_le_bytes(*w))
 }
 
 impl MixedState {

@@ -15,7 +15,9 @@ use crate::affine;
 use crate::arith::{F16_MAX, mean_abs};
 use crate::blocks::{BlockIo, read_params, write_params};
 use crate::outliers::ChannelRanges;
+use crate::sketch;
 use crate::transform::{LaneTransform, is_imaginary_lane};
+use vidkv_core::sketch::{Projection, shared_projection};
 
 /// Encodes row-major `[blocks·G, D]` keys into `out` (`blocks · key_block_bytes`).
 ///
@@ -41,6 +43,12 @@ pub fn encode_key_blocks(
             for (rows, block) in io.blocks(input, out) {
                 let kept = trace_tokens(codec, rows, block);
                 encode_per_channel(codec, bits, rows, &kept, block);
+            }
+        }
+        KeyScheme::SignSketch { .. } => {
+            let projection = sketch_projection(codec);
+            for (rows, block) in io.blocks(input, out) {
+                sketch::encode_block(codec, &projection, rows, block);
             }
         }
     }
@@ -103,8 +111,19 @@ pub fn decode_key_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Resu
                     .map_err(|e| io.locate(e, i))?;
             }
         }
+        KeyScheme::SignSketch { .. } => {
+            let projection = sketch_projection(codec);
+            for (i, (block, rows)) in io.blocks_mut(encoded, out).enumerate() {
+                sketch::decode_block(codec, &projection, block, rows)
+                    .map_err(|e| io.locate(e, i))?;
+            }
+        }
     }
     Ok(())
+}
+
+fn sketch_projection(codec: &Codec) -> alloc::sync::Arc<Projection> {
+    shared_projection(codec).expect("sign-sketch keys have a projection")
 }
 
 /// The lane transform of a mixed-key codec.

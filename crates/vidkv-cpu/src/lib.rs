@@ -19,6 +19,7 @@ mod blocks;
 mod convert;
 mod keys;
 mod outliers;
+mod sketch;
 mod ternary;
 pub mod transform;
 mod values;

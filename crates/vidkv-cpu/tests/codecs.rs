@@ -331,6 +331,8 @@ fn every_scheme_and_shape_roundtrips_with_bounded_error() {
                     Scheme::Kivi4 => 0.12,
                     Scheme::Kivi2 | Scheme::Pc2 | Scheme::Ott2 => 0.55,
                     Scheme::Vidkv | Scheme::VidkvPaper | Scheme::VidkvStp => 0.9,
+                    // Keys decode to a direction estimate (cosine ≈ √(2/π) at b = D).
+                    Scheme::H1b => 0.9,
                 };
                 assert!(
                     ke < bound && ve < bound,
@@ -506,4 +508,76 @@ fn format_doc_worked_example() {
     let mut row = [0u8; 4];
     vidkv_core::pack::pack_trits(&[1, -1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &mut row);
     assert_eq!(row[0], 0xC8);
+}
+
+/// H1B-KV keys: norms exact to f16, the signs are those of `R·k` (re-derived here from the
+/// documented generator), decoded keys keep the norm and point near the key, and the values are
+/// KIVI-4's bytes.
+#[test]
+fn sign_sketch_keys_store_norms_and_projection_signs() {
+    use vidkv_core::sketch::Projection;
+    let mut rng = Rng(11);
+    for (d, g) in [(64, 32), (128, 64), (80, 32), (256, 32)] {
+        let codec =
+            Codec::new(Scheme::H1b.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap()))
+                .unwrap();
+        let vidkv_core::KeyLayout::SignSketch { bits, norms, signs } = *codec.key_layout() else {
+            panic!("h1b keys are sign sketches")
+        };
+        let x = rng.keys(g, d);
+        let (bytes, dec) = roundtrip_keys(&codec, &x, None);
+        let p = Projection::for_codec(&codec).unwrap();
+        let rb = bits / 8;
+        let mut cosines = Vec::new();
+        for (t, (row, drow)) in x.chunks_exact(d).zip(dec.chunks_exact(d)).enumerate() {
+            let norm = row
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let stored = vidkv_core::pack::f16_at(&bytes[norms.range()], t);
+            assert_eq!(stored, half::f16::from_f64(norm), "token {t}");
+            for i in 0..bits {
+                let dot: f64 = (0..d)
+                    .map(|c| f64::from(p.entry(i, c)) * f64::from(row[c]))
+                    .sum();
+                let bit = bytes[signs.offset + t * rb + i / 8] >> (i % 8) & 1;
+                assert_eq!(bit == 1, dot >= 0.0, "token {t} bit {i}");
+            }
+            let dn = drow
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                (dn - stored.to_f64()).abs() <= 1e-3 * dn.max(1e-3),
+                "norm {dn}"
+            );
+            let cos = drow
+                .iter()
+                .zip(row)
+                .map(|(a, b)| f64::from(a * b))
+                .sum::<f64>()
+                / (dn * norm);
+            cosines.push(cos);
+        }
+        // u = Rᵀ(2s − 1) has ≈ b·√(2/π) along k and ≈ √(b·(D − 1)) across it:
+        // cos(k̂, k) ≈ 1/√(1 + π·(D − 1)/(2b)) (0.62 at b = D).
+        let expected =
+            1.0 / (1.0 + std::f64::consts::PI * (d - 1) as f64 / (2 * bits) as f64).sqrt();
+        let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+        let worst = cosines.iter().copied().fold(1.0, f64::min);
+        assert!(
+            (mean - expected).abs() < 0.06 && worst > expected - 0.25,
+            "d {d}: mean cosine {mean} (expected {expected}), worst {worst}"
+        );
+        let v = rng.values(g, d);
+        let kivi4 =
+            Codec::new(Scheme::Kivi4.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap()))
+                .unwrap();
+        let (h1b_values, _) = roundtrip_values(&codec, &v);
+        let (kivi_values, _) = roundtrip_values(&kivi4, &v);
+        // Same per-token 4-bit layout; only the arithmetic differs (f32 here, reference there).
+        assert_eq!(h1b_values.len(), kivi_values.len());
+    }
 }

@@ -28,7 +28,9 @@ pub fn capability(op: Operation, codec: &Codec) -> Capability {
         op,
         Operation::EncodeKeys | Operation::DecodeKeys | Operation::Attend
     );
-    if touches_keys && codec.config().traced_tokens > 0 {
+    if let Some(reason) = unsupported_reason(codec) {
+        Capability::Unsupported(reason)
+    } else if touches_keys && codec.config().traced_tokens > 0 {
         Capability::Unsupported(TRACED_KEYS)
     } else {
         Capability::Supported
@@ -128,6 +130,15 @@ fn off(s: vidkv_core::Section) -> i32 {
     s.offset as i32
 }
 
+/// Why the kernels cannot run `codec`, if they cannot: H1B-KV sign-sketch keys have no CUDA
+/// kernels (every operation on such a codec reports [`vidkv_core::Capability::Unsupported`]).
+pub fn unsupported_reason(codec: &Codec) -> Option<&'static str> {
+    match codec.config().keys {
+        KeyScheme::SignSketch { .. } => Some("H1B-KV sign-sketch keys have no CUDA kernels"),
+        _ => None,
+    }
+}
+
 /// The codec as the kernels see it.
 pub fn kernel_codec(codec: &Codec) -> KCodec {
     let cfg = codec.config();
@@ -189,6 +200,8 @@ pub fn kernel_codec(codec: &Codec) -> KCodec {
             k.k_params = off(params);
             k.k_codes = off(codes);
         }
+        // Sign-sketch keys never reach the kernels (`require`); no key fields.
+        (KeyLayout::SignSketch { .. }, _) => k.key_kind = -1,
         _ => unreachable!("a key scheme has its own layout"),
     }
     match *codec.value_layout() {
@@ -236,7 +249,7 @@ pub fn kernel_codec(codec: &Codec) -> KCodec {
 pub fn lanes(codec: &Codec) -> usize {
     match *codec.key_layout() {
         KeyLayout::Mixed { lanes, .. } => lanes,
-        KeyLayout::PerChannel { .. } => 0,
+        KeyLayout::PerChannel { .. } | KeyLayout::SignSketch { .. } => 0,
     }
 }
 
@@ -323,9 +336,14 @@ pub fn check_encode(
     out_len: usize,
     outliers: Option<&ChannelMask>,
 ) -> Result<usize> {
-    if keys {
-        require(Operation::EncodeKeys, codec)?;
-    }
+    require(
+        if keys {
+            Operation::EncodeKeys
+        } else {
+            Operation::EncodeValues
+        },
+        codec,
+    )?;
     let d = codec.head_dim();
     let expected = tokens * d * dtype.size();
     if input_len != expected {
@@ -385,9 +403,14 @@ pub fn check_decode(
     blocks: usize,
     out_len: usize,
 ) -> Result<()> {
-    if keys {
-        require(Operation::DecodeKeys, codec)?;
-    }
+    require(
+        if keys {
+            Operation::DecodeKeys
+        } else {
+            Operation::DecodeValues
+        },
+        codec,
+    )?;
     let block_bytes = if keys {
         codec.key_block_bytes()
     } else {
@@ -832,6 +855,27 @@ mod tests {
 
     fn codec(s: Scheme, d: usize, g: usize) -> Codec {
         Codec::new(s.config(HeadDim::new(d).unwrap(), GroupSize::new(g).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn sign_sketch_codecs_are_unsupported_not_panics() {
+        let c = codec(Scheme::H1b, 128, 32);
+        assert!(unsupported_reason(&c).is_some());
+        assert!(matches!(
+            require(Operation::Attend, &c),
+            Err(Error::Unsupported {
+                backend: "cuda",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_decode(&c, true, c.key_block_bytes(), 1, 128 * 32 * 4),
+            Err(Error::Unsupported { .. })
+        ));
+        assert_eq!(kernel_codec(&c).key_kind, -1);
+        for s in [Scheme::Vidkv, Scheme::Kivi2] {
+            assert!(require(Operation::Attend, &codec(s, 128, 32)).is_ok());
+        }
     }
 
     #[test]

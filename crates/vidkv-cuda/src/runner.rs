@@ -114,6 +114,7 @@ impl AttentionRunner {
         splits: Option<usize>,
         stream: cu::CUstream,
     ) -> Result<PreparedAttention> {
+        plan::require(vidkv_core::Operation::Attend, codec)?;
         if let Some(j) = jobs
             .iter()
             .find(|j| j.query_heads < 1 || j.query_heads as usize > MAX_QUERY_HEADS)

@@ -2,8 +2,11 @@
 //!
 //! `out[h] = softmax(q_h·Kᵀ/√D)·V` over the packed blocks and the f16 residual. The SIMD levels
 //! run [`crate::kernel`] on VidKV mixed keys + ternary values (int8 weights, f32 softmax; within
-//! the tolerance documented on [`attend_head`]); every other configuration, and
-//! [`Level::Scalar`], decodes with the scalar backend and computes exact f32 attention.
+//! the tolerance documented on [`attend_head`]); H1B-KV sign-sketch keys run the fused popcount
+//! kernel of `sketch.rs` at every level (also [`Level::Scalar`]) when their values are per-token
+//! min/max (as in the `h1b` preset); every other configuration, and
+//! [`Level::Scalar`], decodes with the scalar backend and computes exact f32 attention (for
+//! sign-sketch keys [`reference_attend`] scores blocks with the same estimator, in f64).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -96,6 +99,9 @@ pub fn attend_head(
 ) -> Result<()> {
     level::check(level)?;
     check_shapes(codec, queries, cache, out)?;
+    if crate::sketch::handles(codec) {
+        return crate::sketch::attend(level, codec, queries, cache, out);
+    }
     let d = codec.head_dim();
     let plan = match level {
         Level::Scalar => None,
@@ -302,10 +308,20 @@ pub fn reference_attend(
     }
     let scale = 1.0 / libm::sqrt(d as f64);
     for (q, o) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let scores: Vec<f64> = keys
+        let mut scores: Vec<f64> = keys
             .chunks_exact(d)
             .map(|k| q.iter().zip(k).map(|(a, b)| f64::from(a * b)).sum::<f64>() * scale)
             .collect();
+        if crate::sketch::sketch_keys(codec) {
+            // Sign-sketch keys are scored with the estimator, not with the decoded keys.
+            let est = vidkv_core::sketch::reference_scores(
+                codec,
+                cache.key_blocks,
+                q,
+                1.0 / libm::sqrtf(d as f32),
+            )?;
+            scores[..n].copy_from_slice(&est);
+        }
         let m = scores.iter().fold(f64::NEG_INFINITY, |a, &s| a.max(s));
         let mut acc = vec![0.0f64; d];
         let mut l = 0.0f64;

@@ -137,13 +137,20 @@ impl KvQuantBackend for SimdBackend {
     /// the residual ring are gathered into one contiguous f16 tail (attention does not depend on
     /// token order). Jobs with salient tokens or a softmax scale other than `1/√D` run the scalar
     /// kernel, and so do traced-token (OTT) configurations that the SIMD kernel does not cover
-    /// (anything but mixed keys + ternary values, or the scalar level), so that they stay fused.
+    /// (anything but mixed keys + ternary values, or the scalar level), so that they stay fused,
+    /// and sign-sketch keys with values other than per-token min/max.
     fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
         let d = codec.head_dim();
         let default_scale = 1.0 / libm::sqrtf(d as f32);
         let kernel = self.level != Level::Scalar && crate::kernel::covers(codec);
         let traced_off_kernel = codec.config().traced_tokens > 0 && !kernel;
-        if args.salient.is_some() || args.scale != default_scale || traced_off_kernel {
+        let sketch_without_kernel =
+            crate::sketch::sketch_keys(codec) && !crate::sketch::handles(codec);
+        if args.salient.is_some()
+            || args.scale != default_scale
+            || traced_off_kernel
+            || sketch_without_kernel
+        {
             return ScalarBackend.attend(codec, args);
         }
         let short = |what, expected: usize, actual: usize| Error::ShapeMismatch {

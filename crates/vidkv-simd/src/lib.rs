@@ -21,6 +21,7 @@ mod fft;
 mod kernel;
 pub mod level;
 mod math;
+mod sketch;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -236,3 +236,70 @@ fn all_lanes_or_all_outliers() {
         check(&Codec::new(c).unwrap(), 4, 2, 3, 21, 0.04);
     }
 }
+
+/// H1B-KV: the popcount kernel at every level (scalar words, POPCNT, VPOPCNTDQ) against the
+/// estimator in f64; only f32 summation differs.
+#[test]
+fn h1b_sketch_attention_matches_the_estimator() {
+    for (d, g, blocks, res, hq) in [
+        (128, 32, 40, 17, 7),
+        (64, 32, 9, 0, 1),
+        (128, 64, 5, 3, 4),
+        (80, 128, 3, 2, 9),
+        (256, 32, 4, 0, 2),
+        (16, 32, 3, 1, 3),
+    ] {
+        check(
+            &codec(Scheme::H1b, d, g),
+            blocks,
+            res,
+            hq,
+            d as u64 + 3,
+            2e-5,
+        );
+    }
+    check(&codec(Scheme::H1b, 64, 32), 0, 9, 3, 1, 1e-5);
+}
+
+#[test]
+fn h1b_damaged_blocks_are_errors_not_panics() {
+    let (c, d, n) = (codec(Scheme::H1b, 64, 32), 64, 3 * 32);
+    let mut rng = Rng(9);
+    let k = keys(&mut rng, n, d);
+    let v: Vec<f32> = (0..n * d).map(|_| rng.f()).collect();
+    let (kb, vb) = encode(&c, &k, &v);
+    let q = vec![0.3f32; 2 * d];
+    // A norm with the sign bit, a NaN norm, a non-finite value offset.
+    for (which, off, byte) in [(0, 1, 0x80u8), (0, 2 * 31 + 1, 0x7F), (1, 1, 0xFC)] {
+        let (mut kb2, mut vb2) = (kb.clone(), vb.clone());
+        let target = if which == 0 { &mut kb2 } else { &mut vb2 };
+        target[c.key_block_bytes() * usize::from(which == 0) + off] = byte;
+        let cache = HeadCache {
+            key_blocks: &kb2,
+            value_blocks: &vb2,
+            blocks: 3,
+            residual_keys: &[],
+            residual_values: &[],
+            residual_tokens: 0,
+        };
+        for level in Level::available() {
+            let mut out = vec![0.0f32; 2 * d];
+            let r = attend_head(level, &c, &q, &cache, &mut out);
+            assert!(
+                matches!(r, Err(vidkv_core::Error::Corrupt { .. })),
+                "{level} {which} {off}: {r:?}"
+            );
+        }
+    }
+}
+
+/// Sign-sketch keys with values the popcount kernel does not fuse fall back to the estimator
+/// reference (still the estimator, never `q·k̂`).
+#[test]
+fn sketch_keys_with_ternary_values_fall_back_to_the_estimator() {
+    let mut c = Scheme::H1b.config(HeadDim::new(64).unwrap(), GroupSize::G32);
+    c.values = vidkv_core::ValueScheme::Ternary {
+        scale: vidkv_core::TernaryScale::LeastSquares,
+    };
+    check(&Codec::new(c).unwrap(), 5, 3, 4, 8, 1e-5);
+}

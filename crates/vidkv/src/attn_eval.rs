@@ -9,7 +9,10 @@
 //!
 //! * `attn_rel_error` — mean over (position, query head) of `‖o − ô‖ / ‖o‖`, ô the fused output;
 //! * `attn_kl` — mean of `KL(w ‖ ŵ)`, w the exact attention weights and ŵ those of the cache's
-//!   dequantized keys.
+//!   dequantized keys (for `h1b`, whose attention does not use decoded keys, ŵ comes from the
+//!   SimHash score estimate the fused kernel computes, [`vidkv_core::sketch::reference_scores`]).
+//!
+//! `h1b` (H1B-KV) is evaluated without the fine-tuning the published method relies on.
 //!
 //! Query head h uses KV head `h / (q_heads / kv_heads)`. For `vidkv-stp` the salient tokens are
 //! the 20 % of the sequence with the largest value norms (summed over KV heads): a stand-in for
@@ -315,6 +318,12 @@ pub fn evaluate_attention<B: KvQuantBackend>(
         let mut fused = vec![0.0f32; qh * d];
         // (blocks, tokens, keys) of the last dequantization.
         let mut deq: Option<(usize, usize, Vec<f32>)> = None;
+        // Sign-sketch keys: each KV head's packed key blocks (the estimator reads them).
+        let sketch = matches!(
+            codec.config().keys,
+            vidkv_core::KeyScheme::SignSketch { .. }
+        );
+        let mut packed: Vec<Vec<u8>> = Vec::new();
         for i in 0..nq {
             let p = p0 + i;
             cache.append_token(seq, &token(&k, p), &token(&v, p), flags[p])?;
@@ -325,6 +334,11 @@ pub fn evaluate_attention<B: KvQuantBackend>(
             let blocks = cache.blocks(seq);
             if deq.as_ref().is_none_or(|(b, _, _)| *b != blocks) {
                 deq = Some((blocks, cache.tokens(seq), cache.dequantize(seq)?.0));
+                if sketch {
+                    packed = (0..kv)
+                        .map(|h| cache.key_blocks(seq, h))
+                        .collect::<vidkv_core::Result<_>>()?;
+                }
             }
             let (_, held, dk) = deq.as_ref().expect("set above");
             let n = p + 1;
@@ -344,8 +358,16 @@ pub fn evaluate_attention<B: KvQuantBackend>(
                 max_rel = max_rel.max(rel);
                 // Keys as the cache holds them: decoded blocks, f16 elsewhere.
                 let qrow = &qi[h * d..][..d];
+                let estimated = if sketch && blocks > 0 {
+                    vidkv_core::sketch::reference_scores(&codec, &packed[kvh], qrow, scale as f32)?
+                } else {
+                    Vec::new()
+                };
                 let scores: Vec<f64> = (0..n)
                     .map(|tok| {
+                        if sketch && quantized.contains(&tok) {
+                            return estimated[tok - quantized.start];
+                        }
                         let row = if quantized.contains(&tok) {
                             &dk[(kvh * held + tok) * d..][..d]
                         } else {

@@ -36,8 +36,8 @@ pub use vidkv_core::cache::{self, CacheConfig, KvCache, MemoryUsage, Salient};
 pub use vidkv_core::{
     AffineParams, Arithmetic, Bits, Capability, ChannelMask, Codec, DType, FORMAT_VERSION,
     GroupSize, HeadDim, HeadTensor, KeyLayout, KeyScheme, KvQuantBackend, LaneRule, MixedKeys,
-    Operation, OutlierScope, QuantConfig, Scheme, Section, TernaryScale, Transform, ValueLayout,
-    ValueScheme, backend, config, layout, pack,
+    Operation, OutlierScope, QuantConfig, Scheme, Section, SketchBits, TernaryScale, Transform,
+    ValueLayout, ValueScheme, backend, config, layout, pack, sketch,
 };
 pub use vidkv_cpu::ScalarBackend;
 

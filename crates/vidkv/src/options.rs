@@ -2,8 +2,8 @@
 //! every preset with the same group size or the same ternary scale.
 
 use vidkv_core::{
-    Arithmetic, Codec, GroupSize, HeadDim, KeyScheme, LaneRule, QuantConfig, Scheme, TernaryScale,
-    Transform, ValueScheme,
+    Arithmetic, Codec, GroupSize, HeadDim, KeyScheme, LaneRule, QuantConfig, Scheme, SketchBits,
+    TernaryScale, Transform, ValueScheme,
 };
 
 use crate::error::{ErrorKind, Result};
@@ -23,6 +23,10 @@ pub struct SchemeOptions {
     pub arithmetic: Option<Arithmetic>,
     /// Traced tokens per key block (outlier-token tracing; applies to every scheme, 0 = off).
     pub traced_tokens: Option<u8>,
+    /// Sketch length b of sign-sketch keys (h1b; ignored for other keys).
+    pub sketch_bits: Option<SketchBits>,
+    /// Projection seed of sign-sketch keys (h1b; ignored for other keys).
+    pub seed: Option<u32>,
 }
 
 impl Default for SchemeOptions {
@@ -34,6 +38,8 @@ impl Default for SchemeOptions {
             value_scale: None,
             arithmetic: None,
             traced_tokens: None,
+            sketch_bits: None,
+            seed: None,
         }
     }
 }
@@ -57,6 +63,10 @@ impl SchemeOptions {
                     m.lane_rule = LaneRule::Symmetric;
                 }
             }
+        }
+        if let KeyScheme::SignSketch { bits, seed } = &mut config.keys {
+            *bits = self.sketch_bits.unwrap_or(*bits);
+            *seed = self.seed.unwrap_or(*seed);
         }
         if let (ValueScheme::Ternary { scale }, Some(s)) = (&mut config.values, self.value_scale) {
             *scale = s;

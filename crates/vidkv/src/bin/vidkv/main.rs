@@ -89,6 +89,13 @@ fn eval<B: KvQuantBackend>(backend: &B, a: &EvalArgs) -> Result<()> {
              over KV heads) stands in for the salience score"
         );
     }
+    if schemes.contains(&Scheme::H1b) {
+        eprintln!(
+            "note: h1b: H1B-KV evaluated without the fine-tuning the published method relies on; \
+             its key error is that of the decoded direction estimate, while its attention uses \
+             the SimHash score estimate (attn_kl of h1b is over those estimated scores)"
+        );
+    }
     let mut report = Report::new(io::stdout().lock(), a.json, file_width, tensor_width);
     report.header().map_err(stdout_error)?;
     for_each_run(&files, &tensors, &schemes, |file, tensor, scheme| {

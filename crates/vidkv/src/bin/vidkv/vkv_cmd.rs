@@ -15,7 +15,7 @@ pub struct PackArgs {
     pub input: PathBuf,
     /// Output `.vkv` file (overwritten).
     pub output: PathBuf,
-    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2.
+    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2, h1b.
     #[arg(long, value_name = "NAME")]
     pub scheme: String,
     /// Overrides on top of the preset.
