@@ -63,6 +63,8 @@ impl GroupSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Bits {
+    /// 1 bit: 2 levels, `lo` and `lo + step` (XQuant's 1-bit groups).
+    One = 1,
     /// 2 bits: 4 levels.
     Two = 2,
     /// 4 bits: 16 levels.
@@ -73,10 +75,11 @@ impl Bits {
     /// Validates a bit width.
     pub fn new(bits: u32) -> Result<Self> {
         match bits {
+            1 => Ok(Self::One),
             2 => Ok(Self::Two),
             4 => Ok(Self::Four),
             _ => Err(Error::InvalidConfig {
-                reason: "affine codes must be 2 or 4 bits wide",
+                reason: "affine codes must be 1, 2 or 4 bits wide",
             }),
         }
     }
@@ -318,17 +321,30 @@ pub enum Scheme {
     /// [`Scheme::salient_fraction`] of tokens (p = 0.2) keep 2-bit values. The block encoding is
     /// vidkv's; which tokens are salient is the caller's input to the streaming cache.
     VidkvStp,
+    /// XQuant (Yang et al., EMNLP 2025) without cross-layer sharing: KIVI's layout with the
+    /// AsymKV split XQuant builds on — keys 2-bit per channel, values 1-bit per token — and
+    /// endpoint calibration η ([`Scheme::XQUANT_CALIBRATION`]); f32 arithmetic. Cross-layer
+    /// code sharing is a per-layer choice on top ([`crate::Codec::borrowing`]).
+    Xquant,
 }
 
 impl Scheme {
+    /// The calibration of [`Scheme::Xquant`], the best of XQuant's η sets on the real tensors
+    /// (`docs/EVAL.md`).
+    pub const XQUANT_CALIBRATION: Calibration = Calibration {
+        keys: 0.0,
+        values: 1.0 / 6.0,
+    };
+
     /// All presets, in report order.
-    pub const ALL: [Scheme; 6] = [
+    pub const ALL: [Scheme; 7] = [
         Scheme::Vidkv,
         Scheme::VidkvPaper,
         Scheme::Kivi2,
         Scheme::Kivi4,
         Scheme::Pc2,
         Scheme::VidkvStp,
+        Scheme::Xquant,
     ];
 
     /// The name used on the command line and in reports.
@@ -340,6 +356,7 @@ impl Scheme {
             Scheme::Kivi4 => "kivi4",
             Scheme::Pc2 => "pc2",
             Scheme::VidkvStp => "vidkv-stp",
+            Scheme::Xquant => "xquant",
         }
     }
 
@@ -398,6 +415,18 @@ impl Scheme {
                 ValueScheme::PerChannel { bits: Bits::Two },
                 Arithmetic::Reference,
             ),
+            Scheme::Xquant => {
+                return QuantConfig {
+                    calibration: Self::XQUANT_CALIBRATION,
+                    ..QuantConfig::new(
+                        head_dim,
+                        group,
+                        KeyScheme::PerChannel { bits: Bits::Two },
+                        ValueScheme::PerToken { bits: Bits::One },
+                        Arithmetic::F32,
+                    )
+                };
+            }
         };
         QuantConfig::new(head_dim, group, keys, values, arithmetic)
     }

@@ -354,7 +354,7 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
                 return Err(bad("mixed-key options set for per-channel keys", 19));
             }
             KeyScheme::PerChannel {
-                bits: bits(18, "per-channel key bits not 2 or 4")?,
+                bits: bits(18, "per-channel key bits not 1, 2 or 4")?,
             }
         }
         _ => return Err(bad("unknown key scheme", 17)),
@@ -369,10 +369,10 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
             },
         },
         VALUE_PER_TOKEN => ValueScheme::PerToken {
-            bits: bits(23, "per-token value bits not 2 or 4")?,
+            bits: bits(23, "per-token value bits not 1, 2 or 4")?,
         },
         VALUE_PER_CHANNEL => ValueScheme::PerChannel {
-            bits: bits(23, "per-channel value bits not 2 or 4")?,
+            bits: bits(23, "per-channel value bits not 1, 2 or 4")?,
         },
         _ => return Err(bad("unknown value scheme", 22)),
     };

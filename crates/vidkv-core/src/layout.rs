@@ -15,7 +15,7 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 use static_assertions::{const_assert, const_assert_eq};
 
-use crate::config::{Bits, KeyScheme, QuantConfig, ValueScheme};
+use crate::config::{Arithmetic, Bits, KeyScheme, QuantConfig, ValueScheme};
 use crate::error::{Error, Result};
 
 /// Offset and f16 step of a min/max group: decode `lo + code·step`.
@@ -31,6 +31,30 @@ pub struct AffineParams {
 const_assert_eq!(core::mem::size_of::<AffineParams>(), 4);
 const_assert_eq!(core::mem::align_of::<AffineParams>(), 2);
 const_assert_eq!(core::mem::offset_of!(AffineParams, step), 2);
+
+impl AffineParams {
+    /// XQuant's endpoint calibration of a min/max group fitted with `bits`-bit codes: the codes
+    /// stay those of `self`, the stored parameters move inward,
+    /// `lo' = lo + η·step·(2^b − 1)`, `step' = (1 − 2η)·step` (rounded to f16; under reference
+    /// arithmetic every product and sum is rounded to f16, as the PyTorch reference computes it).
+    /// η = 0 returns `self` unchanged.
+    pub fn calibrated(self, bits: Bits, eta: f32, arith: Arithmetic) -> Self {
+        if eta == 0.0 {
+            return self;
+        }
+        let r = |x: f32| match arith {
+            Arithmetic::F32 => x,
+            Arithmetic::Reference => f16::from_f32(x).to_f32(),
+        };
+        let (lo, step) = (self.lo.to_f32(), self.step.to_f32());
+        let levels = f32::from(bits.max_code());
+        let shift = r(r(levels * step) * eta);
+        Self {
+            lo: f16::from_f32(lo + shift),
+            step: f16::from_f32(step * (1.0 - 2.0 * eta)),
+        }
+    }
+}
 
 /// The outlier channels of a mixed-precision key block, one bit per channel (bit c of word c/32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Pod, Zeroable)]

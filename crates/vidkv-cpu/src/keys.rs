@@ -123,7 +123,8 @@ fn encode_mixed(
     for (i, c) in chosen.outliers(d).enumerate() {
         let column = || rows.iter().skip(c).step_by(d).copied();
         let p = affine::fit(arith, Bits::Two, column());
-        write_params(&mut block[outlier_params.range()], i, p);
+        let stored = p.calibrated(Bits::Two, codec.config().calibration.keys, arith);
+        write_params(&mut block[outlier_params.range()], i, stored);
         codes
             .iter_mut()
             .zip(column())
@@ -276,7 +277,8 @@ fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], block: &mut [u8])
     for c in 0..d {
         let column = || rows.iter().skip(c).step_by(d).copied();
         let p: AffineParams = affine::fit(arith, bits, column());
-        write_params(&mut block[params.range()], c, p);
+        let stored = p.calibrated(bits, codec.config().calibration.keys, arith);
+        write_params(&mut block[params.range()], c, stored);
         column_codes
             .iter_mut()
             .zip(column())

@@ -180,7 +180,8 @@ fn encode_per_token(
             .enumerate()
         {
             let p = affine::fit(arith, bits, part.iter().copied());
-            write_params(&mut block[params.range()], t * groups + gi, p);
+            let stored = p.calibrated(bits, codec.config().calibration.values, arith);
+            write_params(&mut block[params.range()], t * groups + gi, stored);
             out.iter_mut()
                 .zip(part)
                 .for_each(|(code, &x)| *code = affine::encode(arith, bits, p, x));
@@ -246,7 +247,8 @@ fn encode_per_channel(
         } else {
             affine::fit(arith, bits, column())
         };
-        write_params(&mut block[params.range()], c, p);
+        let stored = p.calibrated(bits, codec.config().calibration.values, arith);
+        write_params(&mut block[params.range()], c, stored);
         for (&t, x) in kept.iter().zip(column()) {
             all[t * d + c] = affine::encode(arith, bits, p, x);
         }

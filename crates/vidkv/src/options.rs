@@ -2,8 +2,8 @@
 //! every preset with the same group size or the same ternary scale.
 
 use vidkv_core::{
-    Arithmetic, Codec, GroupSize, HeadDim, KeyScheme, LaneRule, QuantConfig, Scheme, TernaryScale,
-    Transform, ValueScheme,
+    Arithmetic, Bits, Codec, GroupSize, HeadDim, KeyScheme, LaneRule, QuantConfig, Scheme,
+    TernaryScale, Transform, ValueScheme,
 };
 
 use crate::error::{ErrorKind, Result};
@@ -21,6 +21,14 @@ pub struct SchemeOptions {
     pub value_scale: Option<TernaryScale>,
     /// Encoder arithmetic (applies to every scheme).
     pub arithmetic: Option<Arithmetic>,
+    /// Code width of min/max keys (ignored for mixed-precision keys).
+    pub key_bits: Option<Bits>,
+    /// Code width of min/max values (ignored for ternary values).
+    pub value_bits: Option<Bits>,
+    /// XQuant calibration η of key min/max groups (every scheme that has them).
+    pub eta_keys: Option<f32>,
+    /// XQuant calibration η of value min/max groups.
+    pub eta_values: Option<f32>,
 }
 
 impl Default for SchemeOptions {
@@ -31,6 +39,10 @@ impl Default for SchemeOptions {
             transform: None,
             value_scale: None,
             arithmetic: None,
+            key_bits: None,
+            value_bits: None,
+            eta_keys: None,
+            eta_values: None,
         }
     }
 }
@@ -60,6 +72,21 @@ impl SchemeOptions {
         }
         if let Some(a) = self.arithmetic {
             config.arithmetic = a;
+        }
+        if let (KeyScheme::PerChannel { bits }, Some(b)) = (&mut config.keys, self.key_bits) {
+            *bits = b;
+        }
+        match (&mut config.values, self.value_bits) {
+            (ValueScheme::PerToken { bits } | ValueScheme::PerChannel { bits }, Some(b)) => {
+                *bits = b
+            }
+            _ => {}
+        }
+        if let Some(eta) = self.eta_keys {
+            config.calibration.keys = eta;
+        }
+        if let Some(eta) = self.eta_values {
+            config.calibration.values = eta;
         }
         config
     }

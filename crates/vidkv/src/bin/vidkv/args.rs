@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vidkv::{Arithmetic, GroupSize, Result, Scheme, SchemeOptions, TernaryScale, Transform};
+use vidkv::{Arithmetic, Bits, GroupSize, Result, Scheme, SchemeOptions, TernaryScale, Transform};
 
 /// 1.5–1.6-bit KV-cache quantization (VidKV) with KIVI and per-channel baselines.
 #[derive(Debug, Parser)]
@@ -96,6 +96,20 @@ pub struct QuantArgs {
     /// Encoder arithmetic (all schemes).
     #[arg(long, value_enum)]
     pub arithmetic: Option<ArithmeticArg>,
+    /// XQuant endpoint calibration η of key min/max groups (per-channel keys and the 2-bit
+    /// outlier channels of mixed keys), 0 ≤ η < 0.5; XQuant uses 0, 1/6, 2/6 for 1-bit and
+    /// 0, 0.045, 0.09 for 2-bit groups.
+    #[arg(long, value_name = "ETA")]
+    pub eta_keys: Option<f32>,
+    /// Code width of min/max keys: 1, 2 or 4 (per-channel keys only).
+    #[arg(long, value_name = "B")]
+    pub key_bits: Option<u32>,
+    /// Code width of min/max values: 1, 2 or 4 (per-token and per-channel values only).
+    #[arg(long, value_name = "B")]
+    pub value_bits: Option<u32>,
+    /// XQuant calibration η of value min/max groups (per-token and per-channel values).
+    #[arg(long, value_name = "ETA")]
+    pub eta_values: Option<f32>,
 }
 
 /// `--transform`.
@@ -149,6 +163,10 @@ impl QuantArgs {
                 ArithmeticArg::F32 => Arithmetic::F32,
                 ArithmeticArg::Reference => Arithmetic::Reference,
             }),
+            key_bits: self.key_bits.map(Bits::new).transpose()?,
+            value_bits: self.value_bits.map(Bits::new).transpose()?,
+            eta_keys: self.eta_keys,
+            eta_values: self.eta_values,
         })
     }
 }
