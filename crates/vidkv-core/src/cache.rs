@@ -56,7 +56,9 @@ use core::fmt;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use crate::backend::{AttentionArgs, DType, DenseRows, HeadTensor, KvQuantBackend, SalientArgs};
+use crate::backend::{
+    AttentionArgs, DType, DenseRows, HeadTensor, KvQuantBackend, LenderBlocks, SalientArgs,
+};
 use crate::config::{Bits, KeyScheme, OutlierScope, QuantConfig, ValueScheme};
 use crate::error::{Error, Result};
 use crate::layout::{ChannelMask, Codec, KeyLayout, ValueLayout};
@@ -899,6 +901,48 @@ impl<B: KvQuantBackend> KvCache<B> {
     where
         F: for<'a> FnOnce(&'a B, &'a Codec, Vec<AttentionArgs<'a, B::Buffer>>) -> Result<()>,
     {
+        self.attend_jobs(seqs, q, out, None, run)
+    }
+
+    /// Fused decode attention for sequence `seq` of a cache whose codec **borrows** its codes
+    /// (XQuant cross-layer sharing, [`Codec::borrowing`]): the codes come from the same
+    /// sequence's blocks in `lender`, the cache of the lender layer (same configuration owning
+    /// its codes, same KV heads, the same number of blocks in `seq`). Typed errors otherwise.
+    pub fn attend_borrowing(
+        &self,
+        lender: &Self,
+        seq: usize,
+        q: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.config.codec.check_lender(&lender.config.codec)?;
+        let (s, l) = (self.sequence(seq)?, lender.sequence(seq)?);
+        if lender.config.kv_heads != self.config.kv_heads || l.blocks != s.blocks {
+            return Err(Error::InvalidConfig {
+                reason: "the lender cache must have the borrower's KV heads and block count",
+            });
+        }
+        self.attend_jobs(&[seq], q, out, Some(lender), |backend, codec, jobs| {
+            backend.attend_batch(codec, jobs)
+        })
+    }
+
+    fn attend_jobs<F>(
+        &self,
+        seqs: &[usize],
+        q: &[f32],
+        out: &mut [f32],
+        lender: Option<&Self>,
+        run: F,
+    ) -> Result<()>
+    where
+        F: for<'a> FnOnce(&'a B, &'a Codec, Vec<AttentionArgs<'a, B::Buffer>>) -> Result<()>,
+    {
+        if self.config.codec.is_borrowing() && lender.is_none() {
+            return Err(Error::InvalidConfig {
+                reason: "a cache that borrows its codes attends with its lender (attend_borrowing)",
+            });
+        }
         let d = self.config.codec.head_dim();
         let group = self.config.group_size();
         let expected = seqs.len() * self.config.query_heads * d;
@@ -927,11 +971,19 @@ impl<B: KvQuantBackend> KvCache<B> {
         let mut slots = queries.iter().zip(outs.iter_mut());
         for &seq in seqs {
             let s = &self.sequences[seq];
-            for head in &s.heads {
+            for (h, head) in s.heads.iter().enumerate() {
                 let (queries, out) = slots.next().ok_or(Error::InvalidConfig {
                     reason: "attention job count",
                 })?;
-                jobs.push(self.job(s, head, queries, out));
+                let mut job = self.job(s, head, queries, out);
+                if let Some(l) = lender {
+                    let lh = &l.sequences[seq].heads[h];
+                    job.lender = Some(LenderBlocks {
+                        key_blocks: &lh.keys.buf,
+                        value_blocks: &lh.values.buf,
+                    });
+                }
+                jobs.push(job);
             }
         }
         run(&self.backend, &self.config.codec, jobs)?;
@@ -991,6 +1043,7 @@ impl<B: KvQuantBackend> KvCache<B> {
                 capacity: self.ring,
             }),
             out,
+            lender: None,
         }
     }
 

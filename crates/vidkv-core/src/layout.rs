@@ -340,6 +340,7 @@ pub struct Codec {
     config: QuantConfig,
     keys: KeyLayout,
     values: ValueLayout,
+    borrows_codes: bool,
 }
 
 impl Codec {
@@ -350,7 +351,85 @@ impl Codec {
             config,
             keys: KeyLayout::new(&config),
             values: ValueLayout::new(&config),
+            borrows_codes: false,
         })
+    }
+
+    /// The codec of a layer that **borrows** its integer codes from another layer with the same
+    /// configuration (XQuant's cross-layer sharing): its key and value blocks keep only their
+    /// parameter sections (`params`, computed from the layer's own data), and decoding or
+    /// attention takes the codes from the lender's blocks of the same index. Only min/max keys
+    /// and values can borrow (`Error::InvalidConfig` otherwise).
+    ///
+    /// The layouts ([`Self::key_layout`], [`Self::value_layout`]) stay those of the lender (the
+    /// `params` sections sit at the same offsets); [`Self::key_block_bytes`] and
+    /// [`Self::value_block_bytes`] shrink to the parameter sections.
+    pub fn borrowing(&self) -> Result<Self> {
+        let affine_keys = matches!(self.keys, KeyLayout::PerChannel { .. });
+        let affine_values = matches!(
+            self.values,
+            ValueLayout::PerToken { .. } | ValueLayout::PerChannel { .. }
+        );
+        if !(affine_keys && affine_values) {
+            return Err(Error::InvalidConfig {
+                reason: "only min/max (per-channel keys, per-token or per-channel values) layers can borrow codes",
+            });
+        }
+        Ok(Self {
+            borrows_codes: true,
+            ..*self
+        })
+    }
+
+    /// Whether this codec's blocks borrow their codes ([`Self::borrowing`]).
+    pub fn is_borrowing(&self) -> bool {
+        self.borrows_codes
+    }
+
+    /// The codec of the lender's full blocks: `self` with its own codes.
+    pub fn owning(&self) -> Self {
+        Self {
+            borrows_codes: false,
+            ..*self
+        }
+    }
+
+    /// Checks that `lender` can lend its codes to `self` (a borrowing codec): same
+    /// configuration, and the lender owns its codes.
+    pub fn check_lender(&self, lender: &Codec) -> Result<()> {
+        if !self.borrows_codes {
+            return Err(Error::InvalidConfig {
+                reason: "lender blocks given to a layer that owns its codes",
+            });
+        }
+        if lender.borrows_codes || lender.config != self.config {
+            return Err(Error::InvalidConfig {
+                reason: "the lender layer must own its codes and have the borrower's configuration",
+            });
+        }
+        Ok(())
+    }
+
+    /// The parameter section of a key block: what a borrowing block keeps.
+    pub fn key_params(&self) -> Section {
+        match self.keys {
+            KeyLayout::PerChannel { params, .. } => params,
+            KeyLayout::Mixed { .. } => Section {
+                offset: 0,
+                len: self.keys.block_bytes(),
+            },
+        }
+    }
+
+    /// The parameter section of a value block: what a borrowing block keeps.
+    pub fn value_params(&self) -> Section {
+        match self.values {
+            ValueLayout::PerToken { params, .. } | ValueLayout::PerChannel { params, .. } => params,
+            ValueLayout::Ternary { .. } => Section {
+                offset: 0,
+                len: self.values.block_bytes(),
+            },
+        }
     }
 
     /// The configuration.
@@ -383,14 +462,49 @@ impl Codec {
         &self.values
     }
 
-    /// Bytes of one key block.
+    /// Bytes of one key block (its parameter section only for a borrowing codec).
     pub fn key_block_bytes(&self) -> usize {
-        self.keys.block_bytes()
+        if self.borrows_codes {
+            self.key_params().len
+        } else {
+            self.keys.block_bytes()
+        }
     }
 
-    /// Bytes of one value block.
+    /// Bytes of one value block (its parameter section only for a borrowing codec).
     pub fn value_block_bytes(&self) -> usize {
-        self.values.block_bytes()
+        if self.borrows_codes {
+            self.value_params().len
+        } else {
+            self.values.block_bytes()
+        }
+    }
+
+    /// Bits per key element stored for codes alone (0 for a borrowing codec); mixed keys count
+    /// their 2-bit outlier codes and 1-bit lanes.
+    pub fn key_code_bits(&self) -> f64 {
+        let bytes = match self.keys {
+            _ if self.borrows_codes => 0,
+            KeyLayout::PerChannel { codes, .. } => codes.len,
+            KeyLayout::Mixed {
+                outlier_codes,
+                lane_bits,
+                ..
+            } => outlier_codes.len + lane_bits.len,
+        };
+        (bytes * 8) as f64 / self.block_elements() as f64
+    }
+
+    /// Bits per value element stored for codes alone (0 for a borrowing codec; ternary: trits).
+    pub fn value_code_bits(&self) -> f64 {
+        let bytes = match self.values {
+            _ if self.borrows_codes => 0,
+            ValueLayout::PerToken { codes, .. } | ValueLayout::PerChannel { codes, .. } => {
+                codes.len
+            }
+            ValueLayout::Ternary { trits, .. } => trits.len,
+        };
+        (bytes * 8) as f64 / self.block_elements() as f64
     }
 
     /// All-in bits per key element (codes, scales, offsets and mask).

@@ -13,6 +13,7 @@ use vidkv_core::{
 use crate::affine;
 use crate::arith::{F16_MAX, mean_abs};
 use crate::blocks::{BlockIo, read_params, write_params};
+use crate::borrow::{self, Half};
 use crate::outliers::ChannelRanges;
 use crate::transform::{LaneTransform, is_imaginary_lane};
 
@@ -26,6 +27,11 @@ pub fn encode_key_blocks(
     outliers: Option<&ChannelMask>,
     out: &mut [u8],
 ) -> Result<()> {
+    if codec.is_borrowing() {
+        return borrow::encode_params_only(codec, Half::Keys, out, |full, blocks| {
+            encode_key_blocks(full, input, outliers, blocks)
+        });
+    }
     let io = BlockIo::for_encode(codec, input, out.len(), codec.key_block_bytes())?;
     match codec.config().keys {
         KeyScheme::Mixed(mixed) => {
@@ -46,6 +52,9 @@ pub fn encode_key_blocks(
 
 /// Decodes key blocks into row-major f32 `[blocks·G, D]`.
 pub fn decode_key_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Result<()> {
+    if codec.is_borrowing() {
+        return Err(borrow::needs_lender());
+    }
     let io = BlockIo::for_decode(codec, encoded.len(), codec.key_block_bytes(), out.len())?;
     match codec.config().keys {
         KeyScheme::Mixed(mixed) => {

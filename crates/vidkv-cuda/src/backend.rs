@@ -290,8 +290,10 @@ impl KvQuantBackend for CudaBackend {
     }
 
     fn capability(&self, op: Operation, codec: &Codec) -> Capability {
-        let _ = (op, codec);
-        Capability::Supported
+        match plan::unsupported(op, codec) {
+            Some(reason) => Capability::Unsupported(reason),
+            None => Capability::Supported,
+        }
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buffer> {

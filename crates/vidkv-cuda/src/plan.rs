@@ -8,8 +8,8 @@ use half::f16;
 use vidkv_core::backend::{AttentionArgs, DenseRows, SalientArgs};
 use vidkv_core::cache::salient_codec;
 use vidkv_core::{
-    Arithmetic, ChannelMask, Codec, DType, Error, KeyLayout, KeyScheme, LaneRule, OutlierScope,
-    Result, TernaryScale, Transform, ValueLayout, ValueScheme,
+    Arithmetic, Bits, Calibration, ChannelMask, Codec, DType, Error, KeyLayout, KeyScheme,
+    LaneRule, Operation, OutlierScope, Result, TernaryScale, Transform, ValueLayout, ValueScheme,
 };
 
 use crate::params::{
@@ -283,6 +283,43 @@ pub fn decode_smem(codec: &Codec) -> usize {
     4 * (2 * d + g * lanes(codec).max(1))
 }
 
+/// Why the CUDA kernels cannot run `op` for `codec`, if they cannot: layers that borrow their
+/// codes (XQuant cross-layer sharing), 1-bit min/max codes, and encoding with XQuant's
+/// endpoint calibration run on the CPU backends only.
+pub fn unsupported(op: Operation, codec: &Codec) -> Option<&'static str> {
+    let cfg = codec.config();
+    let one_bit = matches!(cfg.keys, KeyScheme::PerChannel { bits: Bits::One })
+        || matches!(
+            cfg.values,
+            ValueScheme::PerToken { bits: Bits::One } | ValueScheme::PerChannel { bits: Bits::One }
+        );
+    let encode = matches!(
+        op,
+        Operation::EncodeKeys | Operation::EncodeValues | Operation::EncodeValuesMasked
+    );
+    if codec.is_borrowing() {
+        Some("layers that borrow their codes (XQuant sharing) have no CUDA kernel")
+    } else if one_bit {
+        Some("1-bit min/max codes have no CUDA kernel")
+    } else if encode && cfg.calibration != Calibration::NONE {
+        Some("the XQuant-calibrated encoders have no CUDA kernel")
+    } else {
+        None
+    }
+}
+
+/// [`unsupported`] as the typed error the backend returns.
+pub fn check_supported(op: Operation, codec: &Codec) -> Result<()> {
+    match unsupported(op, codec) {
+        Some(reason) => Err(Error::Unsupported {
+            backend: "cuda",
+            operation: op.name(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Checks an encode call like the scalar backend and returns the number of blocks.
 pub fn check_encode(
     codec: &Codec,
@@ -293,6 +330,14 @@ pub fn check_encode(
     out_len: usize,
     outliers: Option<&ChannelMask>,
 ) -> Result<usize> {
+    check_supported(
+        if keys {
+            Operation::EncodeKeys
+        } else {
+            Operation::EncodeValues
+        },
+        codec,
+    )?;
     let d = codec.head_dim();
     let expected = tokens * d * dtype.size();
     if input_len != expected {
@@ -352,6 +397,14 @@ pub fn check_decode(
     blocks: usize,
     out_len: usize,
 ) -> Result<()> {
+    check_supported(
+        if keys {
+            Operation::DecodeKeys
+        } else {
+            Operation::DecodeValues
+        },
+        codec,
+    )?;
     let block_bytes = if keys {
         codec.key_block_bytes()
     } else {
@@ -698,6 +751,12 @@ pub fn attention_jobs<B>(
     a: &AttentionArgs<'_, B>,
     info: &dyn Fn(&B) -> (u64, usize),
 ) -> Result<Vec<AttnJob>> {
+    check_supported(Operation::Attend, codec)?;
+    if a.lender.is_some() {
+        return Err(Error::InvalidConfig {
+            reason: "lender blocks given to a layer that owns its codes",
+        });
+    }
     let d = codec.head_dim();
     let nq = a.query_heads;
     if nq == 0 {

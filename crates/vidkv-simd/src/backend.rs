@@ -4,7 +4,8 @@ use alloc::vec::Vec;
 
 use vidkv_core::backend::AttentionArgs;
 use vidkv_core::{
-    Capability, ChannelMask, Codec, Error, HeadTensor, KvQuantBackend, Operation, Result,
+    Capability, ChannelMask, Codec, Error, HeadTensor, KeyScheme, KvQuantBackend, Operation,
+    Result, ValueScheme,
 };
 use vidkv_cpu::ScalarBackend;
 
@@ -135,12 +136,23 @@ impl KvQuantBackend for SimdBackend {
 
     /// A streaming-cache job ([`AttentionArgs`]) through [`crate::attend_head`]: the sinks and
     /// the residual ring are gathered into one contiguous f16 tail (attention does not depend on
-    /// token order). Jobs with salient tokens or a softmax scale other than `1/√D` run the scalar
-    /// kernel.
+    /// token order). Jobs with salient tokens, a softmax scale other than `1/√D`, layers that
+    /// borrow their codes (XQuant sharing) and configurations without a SIMD kernel (min/max
+    /// keys or values: KIVI, `pc2`, `xquant`) run the scalar backend's fused kernel, which works
+    /// on the packed blocks (never decoding the cache).
     fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
         let d = codec.head_dim();
         let default_scale = 1.0 / libm::sqrtf(d as f32);
-        if args.salient.is_some() || args.scale != default_scale {
+        let kernel = matches!(
+            (codec.config().keys, codec.config().values),
+            (KeyScheme::Mixed(_), ValueScheme::Ternary { .. })
+        );
+        if args.salient.is_some()
+            || args.scale != default_scale
+            || args.lender.is_some()
+            || codec.is_borrowing()
+            || !kernel
+        {
             return ScalarBackend.attend(codec, args);
         }
         let short = |what, expected: usize, actual: usize| Error::ShapeMismatch {

@@ -189,8 +189,11 @@ impl KvQuantBackend for EmuBackend {
         "cuda-emu"
     }
 
-    fn capability(&self, _op: Operation, _codec: &Codec) -> Capability {
-        Capability::Supported
+    fn capability(&self, op: Operation, codec: &Codec) -> Capability {
+        match plan::unsupported(op, codec) {
+            Some(reason) => Capability::Unsupported(reason),
+            None => Capability::Supported,
+        }
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<Vec<u8>> {
