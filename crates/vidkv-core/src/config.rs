@@ -332,7 +332,7 @@ impl Scheme {
     /// The calibration of [`Scheme::Xquant`], the best of XQuant's η sets on the real tensors
     /// (`docs/EVAL.md`).
     pub const XQUANT_CALIBRATION: Calibration = Calibration {
-        keys: 0.0,
+        keys: 0.045,
         values: 1.0 / 6.0,
     };
 

@@ -57,6 +57,12 @@ pub struct EvalArgs {
     /// Skip the attention metrics.
     #[arg(long)]
     pub no_attention: bool,
+    /// XQuant cross-layer code sharing from layer FROM on: every odd layer ≥ FROM whose
+    /// predecessor is in the file borrows its codes; reports each layer with and without
+    /// sharing (bits codes-only and all-in, tensor and attention errors) instead of the
+    /// per-tensor table. Default scheme: xquant.
+    #[arg(long, value_name = "FROM")]
+    pub cross_layer: Option<u32>,
     /// Overrides on top of each preset.
     #[command(flatten)]
     pub quant: QuantArgs,
