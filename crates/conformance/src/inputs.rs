@@ -18,8 +18,8 @@ use core::fmt;
 use half::{bf16, f16};
 use proptest::prelude::*;
 use vidkv_core::{
-    Arithmetic, Bits, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme, LaneRule,
-    MixedKeys, OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+    Arithmetic, Bits, Calibration, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme,
+    LaneRule, MixedKeys, OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
 };
 
 use crate::rng::Rng;
@@ -342,8 +342,13 @@ pub fn describe(c: &QuantConfig) -> String {
         ValueScheme::PerToken { bits } => format!("per-token({}b)", bits.get()),
         ValueScheme::PerChannel { bits } => format!("per-channel({}b)", bits.get()),
     };
+    let eta = if c.calibration == Calibration::NONE {
+        String::new()
+    } else {
+        format!(" eta={}/{}", c.calibration.keys, c.calibration.values)
+    };
     format!(
-        "D={} G={} keys={keys} values={values} {:?}",
+        "D={} G={} keys={keys} values={values} {:?}{eta}",
         c.head_dim.get(),
         c.group.tokens(),
         c.arithmetic
@@ -351,7 +356,20 @@ pub fn describe(c: &QuantConfig) -> String {
 }
 
 fn bits() -> impl Strategy<Value = Bits> {
-    prop_oneof![Just(Bits::Two), Just(Bits::Four)]
+    prop_oneof![Just(Bits::One), Just(Bits::Two), Just(Bits::Four)]
+}
+
+/// XQuant endpoint calibration: none half of the time, else XQuant's η values (1-bit and
+/// 2-bit sets) or any η in 0..0.45.
+fn calibration() -> impl Strategy<Value = Calibration> {
+    let eta = || {
+        prop_oneof![
+            2 => Just(0.0f32),
+            2 => prop::sample::select(vec![1.0f32 / 6.0, 2.0 / 6.0, 0.045, 0.09]),
+            1 => 0.0f32..0.45,
+        ]
+    };
+    (eta(), eta()).prop_map(|(keys, values)| Calibration { keys, values })
 }
 
 fn key_scheme() -> impl Strategy<Value = KeyScheme> {
@@ -429,15 +447,19 @@ pub fn config() -> impl Strategy<Value = QuantConfig> {
         key_scheme(),
         value_scheme(),
         prop_oneof![Just(Arithmetic::F32), Just(Arithmetic::Reference)],
+        calibration(),
     )
-        .prop_map(|((d, g), keys, values, arithmetic)| {
-            fix_up(QuantConfig::new(
-                HeadDim::new(d).unwrap(),
-                GroupSize::new(g).unwrap(),
-                keys,
-                values,
-                arithmetic,
-            ))
+        .prop_map(|((d, g), keys, values, arithmetic, calibration)| {
+            fix_up(QuantConfig {
+                calibration,
+                ..QuantConfig::new(
+                    HeadDim::new(d).unwrap(),
+                    GroupSize::new(g).unwrap(),
+                    keys,
+                    values,
+                    arithmetic,
+                )
+            })
         });
     prop_oneof![1 => preset, 2 => custom]
 }

@@ -48,9 +48,12 @@ impl AffineParams {
         };
         let (lo, step) = (self.lo.to_f32(), self.step.to_f32());
         let levels = f32::from(bits.max_code());
-        let shift = r(r(levels * step) * eta);
+        // Saturate like every stored parameter: a range near the f16 limit would otherwise
+        // round `L·step` (reference arithmetic) or `lo + shift` to infinity.
+        const MAX: f32 = 65504.0;
+        let shift = r(r(levels * step).min(MAX) * eta);
         Self {
-            lo: f16::from_f32(lo + shift),
+            lo: f16::from_f32((lo + shift).clamp(-MAX, MAX)),
             step: f16::from_f32(step * (1.0 - 2.0 * eta)),
         }
     }
