@@ -613,7 +613,15 @@ pub fn check_key_bounds(
                     (plain.lo.to_f32(), shift)
                 }
             };
-            let slack = 4.0 * (ulp16(f64::from(lo)) + shift * 2f64.powi(-9));
+            // Recovering the plain lo from the stored (rounded) lo' and step' costs their
+            // rounding, the latter amplified by η·L/(1 − 2η).
+            let amplify =
+                f64::from(eta) * f64::from(bits.max_code()) / (1.0 - 2.0 * f64::from(eta));
+            let slack = 4.0
+                * (ulp16(f64::from(lo))
+                    + ulp16(f64::from(p.lo.to_f32()))
+                    + amplify * ulp16(f64::from(p.step.to_f32()))
+                    + shift * 2f64.powi(-9));
             if eta == 0.0 && p.lo != f16::from_f32(lo) || f64::from((plain_lo - lo).abs()) > slack {
                 return Err(format!(
                     "block {b} channel {c}: lo {} is not f16(min {lo})",

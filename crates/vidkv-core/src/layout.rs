@@ -336,6 +336,14 @@ impl ValueLayout {
     }
 }
 
+/// Writes the full block of a layer that borrows its codes: its own parameter section `own`
+/// (`params.len` bytes), then the code bytes of the lender's full block `lent` (from
+/// `params.len` on), into `out` (full block size). See [`Codec::borrowing`].
+pub fn splice_borrowed(params: Section, own: &[u8], lent: &[u8], out: &mut [u8]) {
+    out[..params.len].copy_from_slice(own);
+    out[params.len..].copy_from_slice(&lent[params.len..]);
+}
+
 /// A validated configuration together with its derived block layouts: what every encode and
 /// decode call takes.
 #[derive(Debug, Clone, Copy, PartialEq)]

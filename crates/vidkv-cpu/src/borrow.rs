@@ -61,12 +61,7 @@ pub fn check_pair(
     Ok(blocks)
 }
 
-/// Writes the full block of a borrower: its parameters `own` (parameter section only) then
-/// the code bytes of the lender's full block `lent`, into `out` (full block size).
-pub fn splice(params: Section, own: &[u8], lent: &[u8], out: &mut [u8]) {
-    out[..params.len].copy_from_slice(own);
-    out[params.len..].copy_from_slice(&lent[params.len..]);
-}
+pub use vidkv_core::layout::splice_borrowed as splice;
 
 /// Full blocks of a borrowing layer (its parameters, the lender's codes), for the owning codec.
 pub fn splice_blocks(

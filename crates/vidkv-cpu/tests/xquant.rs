@@ -454,6 +454,16 @@ fn streaming_cache_attends_a_borrowing_layer_with_its_lender() {
         diff.sqrt(),
         norm.sqrt()
     );
+    // Dequantized through the lender: the plain cache's values up to f16 rounding.
+    let (dk, dv) = own.dequantize_borrowing(&lender, 0).unwrap();
+    let (pk, pv) = plain.dequantize(0).unwrap();
+    for (a, b) in dk.iter().zip(&pk).chain(dv.iter().zip(&pv)) {
+        assert!((a - b).abs() <= 1e-2 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    assert!(matches!(
+        own.dequantize(0),
+        Err(Error::InvalidConfig { .. })
+    ));
     // Typed errors: no lender, a lender with other blocks, an owning cache given a lender.
     assert!(matches!(
         own.attend(0, &q, &mut shared),
