@@ -76,11 +76,10 @@ impl SchemeOptions {
         if let (KeyScheme::PerChannel { bits }, Some(b)) = (&mut config.keys, self.key_bits) {
             *bits = b;
         }
-        match (&mut config.values, self.value_bits) {
-            (ValueScheme::PerToken { bits } | ValueScheme::PerChannel { bits }, Some(b)) => {
-                *bits = b
-            }
-            _ => {}
+        if let (ValueScheme::PerToken { bits } | ValueScheme::PerChannel { bits }, Some(b)) =
+            (&mut config.values, self.value_bits)
+        {
+            *bits = b;
         }
         if let Some(eta) = self.eta_keys {
             config.calibration.keys = eta;
