@@ -17,6 +17,7 @@ use vidkv_core::container::{Container, ContainerWriter, HeadSection, LayerInput}
 use vidkv_core::{
     Arithmetic, ChannelMask, Codec, DType, KeyScheme, KvQuantBackend, OutlierScope, Scheme,
 };
+use vidkv_cpu::borrow::{Half, splice_blocks};
 
 use crate::error::{Error, Result};
 use crate::options::SchemeOptions;
@@ -199,16 +200,35 @@ pub fn unpack<B: KvQuantBackend>(backend: &B, bytes: &[u8], label: &str) -> Resu
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for layer in file.layers() {
         let tokens = layer.tokens(&codec);
+        // A layer that borrows its codes decodes its blocks spliced with its lender's.
+        let lender = layer.lender.and_then(|j| file.layers().get(j));
         for (keys, name) in [(true, layer.key_name), (false, layer.value_name)] {
             let mut data = Vec::with_capacity(layer.heads.len() * tokens * d * 2);
-            for head in &layer.heads {
+            for (h, head) in layer.heads.iter().enumerate() {
                 let (blocks, tail) = if keys {
                     (head.key_blocks, head.tail_keys)
                 } else {
                     (head.value_blocks, head.tail_values)
                 };
-                let rows = decode_head(backend, &codec, keys, blocks, layer.blocks)
-                    .map_err(|e| Error::from(e).in_tensor(name).in_file(label))?;
+                let located = |e: vidkv_core::Error| Error::from(e).in_tensor(name).in_file(label);
+                let spliced = match lender.and_then(|l| l.heads.get(h)) {
+                    Some(l) => {
+                        let (half, lent) = if keys {
+                            (Half::Keys, l.key_blocks)
+                        } else {
+                            (Half::Values, l.value_blocks)
+                        };
+                        let borrowing = codec.borrowing().map_err(located)?;
+                        Some(
+                            splice_blocks(&borrowing, &codec, half, blocks, lent)
+                                .map_err(located)?,
+                        )
+                    }
+                    None => None,
+                };
+                let blocks = spliced.as_deref().unwrap_or(blocks);
+                let rows =
+                    decode_head(backend, &codec, keys, blocks, layer.blocks).map_err(located)?;
                 data.extend(
                     rows.iter()
                         .flat_map(|&x| f16::from_f32(x.clamp(-65504.0, 65504.0)).to_le_bytes()),
@@ -255,6 +275,8 @@ pub struct LayerInfo {
     pub tail_tokens: usize,
     /// Layer-scope outlier channels, if any.
     pub outlier_channels: Option<Vec<usize>>,
+    /// The layer whose codes this layer borrows (XQuant cross-layer sharing), if any.
+    pub lender: Option<usize>,
 }
 
 /// What `vidkv inspect` reports.
@@ -369,6 +391,7 @@ pub fn inspect(bytes: &[u8], label: &str) -> Result<Inspection> {
                 blocks: l.blocks,
                 tail_tokens: l.tail_tokens,
                 outlier_channels: l.outliers.map(|m| m.outliers(codec.head_dim()).collect()),
+                lender: l.lender,
             })
             .collect(),
         file_bytes: file.file_len(),

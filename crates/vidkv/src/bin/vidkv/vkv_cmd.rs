@@ -102,6 +102,9 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             if let Some(ch) = &l.outlier_channels {
                 s += &format!(", layer outlier channels {ch:?}");
             }
+            if let Some(j) = l.lender {
+                s += &format!(", borrows the codes of layer #{j}");
+            }
             s += "\n";
         }
         s += &format!(
