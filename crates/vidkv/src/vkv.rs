@@ -99,6 +99,31 @@ pub fn pack<B: KvQuantBackend>(
     scheme: Scheme,
     options: &SchemeOptions,
 ) -> Result<Packed> {
+    pack_sharing(backend, file, scheme, options, None)
+}
+
+/// Whether the layer of `pairs[i]` borrows the codes of `pairs[i − 1]` under XQuant sharing
+/// from layer `from`: an odd layer ≥ `from` right after its predecessor, same heads and tokens.
+fn borrows_previous(pairs: &[(KvTensor<'_>, KvTensor<'_>)], i: usize, from: Option<u32>) -> bool {
+    let layer = |t: &KvTensor<'_>| KvKind::of_name(t.name()).map(|(_, l)| l);
+    let (Some(from), Some(prev)) = (from, i.checked_sub(1).and_then(|p| pairs.get(p))) else {
+        return false;
+    };
+    let (k, p) = (&pairs[i].0, &prev.0);
+    matches!((layer(k), layer(p)), (Some(l), Some(pl)) if l >= from && l % 2 == 1 && pl + 1 == l)
+        && (k.heads(), k.tokens()) == (p.heads(), p.tokens())
+}
+
+/// [`pack`] with XQuant cross-layer code sharing from layer `cross_layer` on: every odd layer
+/// ≥ it whose predecessor is in the file stores only its parameters and borrows the
+/// predecessor's codes ([`vidkv_core::Codec::borrowing`]); the scheme must be able to borrow.
+pub fn pack_sharing<B: KvQuantBackend>(
+    backend: &B,
+    file: &TensorFile,
+    scheme: Scheme,
+    options: &SchemeOptions,
+    cross_layer: Option<u32>,
+) -> Result<Packed> {
     if scheme.salient_fraction().is_some() {
         return Err(invalid(
             "the .vkv container (version 1) has no salient-token section: pack with the \
@@ -114,10 +139,23 @@ pub fn pack<B: KvQuantBackend>(
                 .in_file(file.label()),
         );
     }
-    let codec = options.codec(scheme, head_dim)?;
-    let mut writer = ContainerWriter::new(&codec);
+    let owning = options.codec(scheme, head_dim)?;
+    let borrowing = match cross_layer {
+        Some(_) => Some(
+            owning
+                .borrowing()
+                .map_err(|e| Error::from(e).in_file(file.label()))?,
+        ),
+        None => None,
+    };
+    let mut writer = ContainerWriter::new(&owning);
     let mut layers = Vec::with_capacity(pairs.len());
-    for (k, v) in &pairs {
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let lender = borrows_previous(&pairs, i, cross_layer).then(|| i - 1);
+        let codec = match (lender, &borrowing) {
+            (Some(_), Some(b)) => *b,
+            _ => owning,
+        };
         let kq = quantize(backend, &codec, k).map_err(|e| e.in_file(file.label()))?;
         let vq = quantize(backend, &codec, v).map_err(|e| e.in_file(file.label()))?;
         let outliers = match codec.config().keys {
@@ -147,16 +185,19 @@ pub fn pack<B: KvQuantBackend>(
                 tail_values: &tails[h].1,
             })
             .collect();
-        writer
-            .add_layer(&LayerInput {
-                key_name: k.name(),
-                value_name: v.name(),
-                blocks: kq.blocks_per_head,
-                tail_tokens: kq.remainder_tokens,
-                outliers: outliers.as_ref(),
-                heads: &heads,
-            })
-            .map_err(|e| Error::from(e).in_tensor(k.name()).in_file(file.label()))?;
+        let input = LayerInput {
+            key_name: k.name(),
+            value_name: v.name(),
+            blocks: kq.blocks_per_head,
+            tail_tokens: kq.remainder_tokens,
+            outliers: outliers.as_ref(),
+            heads: &heads,
+        };
+        match lender {
+            Some(j) => writer.add_borrowing_layer(&input, j),
+            None => writer.add_layer(&input),
+        }
+        .map_err(|e| Error::from(e).in_tensor(k.name()).in_file(file.label()))?;
         layers.push((k.name().to_owned(), v.name().to_owned()));
     }
     Ok(Packed {
