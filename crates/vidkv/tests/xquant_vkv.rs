@@ -71,3 +71,84 @@ fn unpack_decodes_a_borrowing_layer_with_its_lenders_codes() {
     let want16: Vec<f32> = want.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
     assert_eq!(got, want16);
 }
+
+fn f16_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+/// `vidkv eval --cross-layer`: a layer that is an increasing affine map of its predecessor
+/// (same codes) loses nothing by borrowing; an unrelated one does, and the bits drop to the
+/// parameters.
+#[test]
+fn cross_layer_eval_reports_sharing_per_layer() {
+    use safetensors::{Dtype, tensor::TensorView};
+    let (h, t, d, nq) = (2, 256, 64, 32);
+    let l0k = rows(1, h * t * d);
+    let l0v = rows(2, h * t * d);
+    let l1k: Vec<f32> = l0k.iter().map(|x| 0.5 * x + 0.25).collect();
+    let l1v: Vec<f32> = l0v.iter().map(|x| 2.0 * x).collect();
+    let (l2k, l2v) = (rows(3, h * t * d), rows(4, h * t * d));
+    let (l3k, l3v) = (rows(5, h * t * d), rows(6, h * t * d));
+    let q = rows(7, 2 * h * nq * d);
+    let mut tensors = vec![];
+    for (l, k, v) in [
+        (0, &l0k, &l0v),
+        (1, &l1k, &l1v),
+        (2, &l2k, &l2v),
+        (3, &l3k, &l3v),
+    ] {
+        tensors.push((format!("k_post.{l}"), vec![h, t, d], f16_bytes(k)));
+        tensors.push((format!("v.{l}"), vec![h, t, d], f16_bytes(v)));
+        tensors.push((format!("q_post.{l}"), vec![2 * h, nq, d], f16_bytes(&q)));
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("vidkv-xquant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("adjacent.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    let file = vidkv::TensorFile::read(&path).unwrap();
+    let attn = vidkv::attn_eval::AttnOptions {
+        residual: 64,
+        sinks: 1,
+    };
+    let rows = vidkv::cross_layer::evaluate_cross_layer(
+        &ScalarBackend,
+        &file,
+        Scheme::Xquant,
+        &vidkv::SchemeOptions::default(),
+        0,
+        Some(&attn),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let lenders: Vec<Option<u32>> = rows.iter().map(|r| r.lender).collect();
+    assert_eq!(lenders, [None, Some(0), None, Some(2)]);
+    let (same, unrelated) = (&rows[1], &rows[3]);
+    for r in [same, unrelated] {
+        assert_eq!((r.code_bits, r.code_bits_shared), (1.5, 0.0));
+        assert_eq!((r.bits, r.bits_shared), (2.5, 1.0));
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 0.02 * b + 1e-3;
+    assert!(close(same.key_error_shared, same.key_error), "{same:?}");
+    assert!(close(same.value_error_shared, same.value_error), "{same:?}");
+    let (a, b) = (same.attn_error.unwrap(), same.attn_error_shared.unwrap());
+    assert!(close(b, a), "{a} vs {b}");
+    assert!(
+        unrelated.key_error_shared > 1.5 * unrelated.key_error,
+        "{unrelated:?}"
+    );
+    assert!(
+        unrelated.value_error_shared > 1.5 * unrelated.value_error,
+        "{unrelated:?}"
+    );
+}
