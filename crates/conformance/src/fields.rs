@@ -610,7 +610,24 @@ fn ls_exact(column: &[f32], thr: f64) -> f64 {
 /// The error bound of one affine group at `x`: half a step plus f16 rounding of every stored or
 /// (reference arithmetic) intermediate quantity. `None` when the range saturated f16 (reference
 /// arithmetic with max − min > 65504: the reference itself would overflow there).
-pub fn affine_bound(arith: Arithmetic, bits: Bits, p: AffineParams, x: f64) -> Option<f64> {
+///
+/// With XQuant calibration `eta > 0` the stored parameters are pulled inward from the plain
+/// ones (`lo' = lo + η·L·s`, `s' = (1 − 2η)·s`, L = 2^b − 1) while the codes stay the plain
+/// codes: the bound is that of the plain parameters (recovered from the stored ones) plus the
+/// largest shift of a level, `η·L·s`, plus the f16 rounding of the stored parameters.
+pub fn affine_bound(
+    arith: Arithmetic,
+    bits: Bits,
+    eta: f32,
+    p: AffineParams,
+    x: f64,
+) -> Option<f64> {
+    if eta > 0.0 {
+        let (plain, shift) = uncalibrated(bits, eta, p);
+        let stored = ulp16(f64::from(p.lo.to_f32()))
+            + f64::from(bits.max_code()) * ulp16(f64::from(p.step.to_f32()));
+        return affine_bound(arith, bits, 0.0, plain, x).map(|b| b + shift + 2.0 * stored);
+    }
     let (lo, step) = (f64::from(p.lo.to_f32()), f64::from(p.step.to_f32()));
     let top = f64::from(bits.max_code()) * step;
     if step >= F16_MAX {
@@ -624,6 +641,19 @@ pub fn affine_bound(arith: Arithmetic, bits: Bits, p: AffineParams, x: f64) -> O
         }
     };
     Some(step / 2.0 + rounding + 2f64.powi(-24))
+}
+
+/// The plain parameters behind calibrated ones, and the largest level shift `η·L·s`.
+pub fn uncalibrated(bits: Bits, eta: f32, p: AffineParams) -> (AffineParams, f64) {
+    let levels = f64::from(bits.max_code());
+    let step = f64::from(p.step.to_f32()) / (1.0 - 2.0 * f64::from(eta));
+    let shift = f64::from(eta) * levels * step;
+    let lo = f64::from(p.lo.to_f32()) - shift;
+    let plain = AffineParams {
+        lo: f16::from_f64(lo),
+        step: f16::from_f64(step),
+    };
+    (plain, shift)
 }
 
 fn range_of(arith: Arithmetic, column: impl Iterator<Item = f32>) -> (f32, f32, f32) {
@@ -711,7 +741,24 @@ pub fn check_key_bounds(
             if f64::from(range) > F16_MAX || !range.is_finite() {
                 continue;
             }
-            if p.lo != f16::from_f32(lo) {
+            let eta = codec.config().calibration.keys;
+            let (plain_lo, shift) = match eta {
+                0.0 => (p.lo.to_f32(), 0.0),
+                _ => {
+                    let (plain, shift) = uncalibrated(bits, eta, p);
+                    (plain.lo.to_f32(), shift)
+                }
+            };
+            // Recovering the plain lo from the stored (rounded) lo' and step' costs their
+            // rounding, the latter amplified by η·L/(1 − 2η).
+            let amplify =
+                f64::from(eta) * f64::from(bits.max_code()) / (1.0 - 2.0 * f64::from(eta));
+            let slack = 4.0
+                * (ulp16(f64::from(lo))
+                    + ulp16(f64::from(p.lo.to_f32()))
+                    + amplify * ulp16(f64::from(p.step.to_f32()))
+                    + shift * 2f64.powi(-9));
+            if eta == 0.0 && p.lo != f16::from_f32(lo) || f64::from((plain_lo - lo).abs()) > slack {
                 return Err(format!(
                     "block {b} channel {c}: lo {} is not f16(min {lo})",
                     p.lo
@@ -720,7 +767,7 @@ pub fn check_key_bounds(
             let _ = hi;
             for t in (0..g).filter(|&t| kept[t]) {
                 let (xv, yv) = (f64::from(x[t * d + c]), f64::from(y[t * d + c]));
-                if let Some(bound) = affine_bound(arith, bits, p, xv)
+                if let Some(bound) = affine_bound(arith, bits, eta, p, xv)
                     && (xv - yv).abs() > bound
                 {
                     return Err(format!(
@@ -840,6 +887,7 @@ pub fn check_value_bounds(
     decoded: &[f32],
 ) -> Result<(), String> {
     let (d, g, arith) = (codec.head_dim(), codec.group(), codec.config().arithmetic);
+    let eta_v = codec.config().calibration.values;
     let vb = codec.value_block_bytes();
     for (b, ((block, x), y)) in encoded
         .chunks_exact(vb)
@@ -918,7 +966,7 @@ pub fn check_value_bounds(
                         for (k, &xv) in part.iter().enumerate() {
                             let c = gi * channel_group + k;
                             let yv = f64::from(y[t * d + c]);
-                            if let Some(bound) = affine_bound(arith, bits, p, f64::from(xv))
+                            if let Some(bound) = affine_bound(arith, bits, eta_v, p, f64::from(xv))
                                 && (f64::from(xv) - yv).abs() > bound
                             {
                                 return Err(format!(
@@ -937,7 +985,7 @@ pub fn check_value_bounds(
                     }
                     for t in 0..g {
                         let (xv, yv) = (f64::from(x[t * d + c]), f64::from(y[t * d + c]));
-                        if let Some(bound) = affine_bound(arith, bits, f.params[c], xv)
+                        if let Some(bound) = affine_bound(arith, bits, eta_v, f.params[c], xv)
                             && (xv - yv).abs() > bound
                         {
                             return Err(format!(

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use vidkv_core::{
-    Arithmetic, Bits, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme, LaneRule,
-    MixedKeys, OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+    Arithmetic, Bits, Calibration, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme,
+    LaneRule, MixedKeys, OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
 };
 
 use crate::inputs::{self, Case, InputKind, Params};
@@ -251,7 +251,38 @@ pub fn specs() -> Vec<Spec> {
             ),
         ),
     ];
-    for (name, config) in variants {
+    // XQuant: endpoint calibration on vidkv's outlier channels, on KIVI under reference
+    // arithmetic, and 1-bit min/max groups.
+    let calibrated = |config: QuantConfig, keys, values| QuantConfig {
+        calibration: Calibration { keys, values },
+        ..config
+    };
+    let (d64, g32) = (HeadDim::new(64).unwrap(), GroupSize::G32);
+    let xquant_variants = [
+        (
+            "vidkv-eta0.045",
+            calibrated(Scheme::Vidkv.config(d64, g32), 0.045, 0.0),
+        ),
+        (
+            "kivi2-eta0.09-0.045-reference",
+            calibrated(Scheme::Kivi2.config(d64, g32), 0.09, 0.045),
+        ),
+        (
+            "perchannel1-reference-perchannel1-eta",
+            calibrated(
+                cfg(
+                    64,
+                    32,
+                    KeyScheme::PerChannel { bits: Bits::One },
+                    ValueScheme::PerChannel { bits: Bits::One },
+                    Reference,
+                ),
+                2.0 / 6.0,
+                1.0 / 6.0,
+            ),
+        ),
+    ];
+    for (name, config) in variants.into_iter().chain(xquant_variants) {
         v.push(Spec {
             name: name.to_string(),
             config,
@@ -278,6 +309,7 @@ pub fn specs() -> Vec<Spec> {
         (Scheme::VidkvStp, 64, 32),
         (Scheme::Kivi2, 64, 32),
         (Scheme::Pc2, 18, 64),
+        (Scheme::Xquant, 64, 32),
     ] {
         v.push(Spec {
             name: format!("{}-masked-d{d}-g{g}", s.name()),

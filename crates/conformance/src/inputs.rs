@@ -18,8 +18,9 @@ use core::fmt;
 use half::{bf16, f16};
 use proptest::prelude::*;
 use vidkv_core::{
-    Arithmetic, Bits, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme, LaneRule,
-    MixedKeys, OutlierScope, QuantConfig, Scheme, SketchBits, TernaryScale, Transform, ValueScheme,
+    Arithmetic, Bits, Calibration, ChannelMask, Codec, DType, GroupSize, HeadDim, KeyScheme,
+    LaneRule, MixedKeys, OutlierScope, QuantConfig, Scheme, SketchBits, TernaryScale, Transform,
+    ValueScheme,
 };
 
 use crate::rng::Rng;
@@ -349,8 +350,13 @@ pub fn describe(c: &QuantConfig) -> String {
         0 => String::new(),
         n => format!(" traced={n}"),
     };
+    let eta = if c.calibration == Calibration::NONE {
+        String::new()
+    } else {
+        format!(" eta={}/{}", c.calibration.keys, c.calibration.values)
+    };
     format!(
-        "D={} G={} keys={keys} values={values} {:?}{traced}",
+        "D={} G={} keys={keys} values={values} {:?}{eta}{traced}",
         c.head_dim.get(),
         c.group.tokens(),
         c.arithmetic
@@ -358,7 +364,20 @@ pub fn describe(c: &QuantConfig) -> String {
 }
 
 fn bits() -> impl Strategy<Value = Bits> {
-    prop_oneof![Just(Bits::Two), Just(Bits::Four)]
+    prop_oneof![Just(Bits::One), Just(Bits::Two), Just(Bits::Four)]
+}
+
+/// XQuant endpoint calibration: none half of the time, else XQuant's η values (1-bit and
+/// 2-bit sets) or any η in 0..0.45.
+fn calibration() -> impl Strategy<Value = Calibration> {
+    let eta = || {
+        prop_oneof![
+            2 => Just(0.0f32),
+            2 => prop::sample::select(vec![1.0f32 / 6.0, 2.0 / 6.0, 0.045, 0.09]),
+            1 => 0.0f32..0.45,
+        ]
+    };
+    (eta(), eta()).prop_map(|(keys, values)| Calibration { keys, values })
 }
 
 fn key_scheme() -> impl Strategy<Value = KeyScheme> {
@@ -418,10 +437,11 @@ pub fn head_dim() -> impl Strategy<Value = usize> {
 }
 
 /// Makes a random combination valid: PaperCompat needs Fft; Hadamard needs a power-of-two lane
-/// count; sign-sketch keys have no traced tokens.
+/// count; sign-sketch keys have neither traced tokens nor key min/max groups to calibrate.
 fn fix_up(mut c: QuantConfig) -> QuantConfig {
     if let KeyScheme::SignSketch { .. } = c.keys {
         c.traced_tokens = 0;
+        c.calibration.keys = 0.0;
     }
     if let KeyScheme::Mixed(m) = &mut c.keys {
         if m.lane_rule == LaneRule::PaperCompat {
@@ -451,11 +471,13 @@ pub fn config() -> impl Strategy<Value = QuantConfig> {
         value_scheme(),
         prop_oneof![Just(Arithmetic::F32), Just(Arithmetic::Reference)],
         traced_tokens(),
+        calibration(),
     )
-        .prop_map(|((d, g), keys, values, arithmetic, traced)| {
+        .prop_map(|((d, g), keys, values, arithmetic, traced, calibration)| {
             fix_up(QuantConfig {
                 // At most G/4 slots (the configuration's limit).
                 traced_tokens: traced.min((g / 4) as u8),
+                calibration,
                 ..QuantConfig::new(
                     HeadDim::new(d).unwrap(),
                     GroupSize::new(g).unwrap(),

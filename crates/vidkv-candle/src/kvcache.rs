@@ -7,6 +7,8 @@ use vidkv_core::{
     ValueScheme,
 };
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use crate::cache::{CacheFactory, CacheShape, LayerCache, Streaming};
 use crate::error::Result;
 
@@ -90,6 +92,16 @@ impl CacheFactory for VidkvFactory {
     }
 
     fn make(&self, _layer: usize, shape: CacheShape) -> Result<Box<dyn LayerCache>> {
+        Ok(Box::new(VidkvLayer::new(
+            vidkv_cpu::ScalarBackend,
+            self.cache_config(shape)?,
+        )?))
+    }
+}
+
+impl VidkvFactory {
+    /// The cache configuration of a layer of this shape.
+    pub fn cache_config(&self, shape: CacheShape) -> Result<CacheConfig> {
         let mut config = self
             .scheme
             .config(HeadDim::new(shape.head_dim)?, self.group);
@@ -100,6 +112,162 @@ impl CacheFactory for VidkvFactory {
         let mut config = CacheConfig::new(codec, shape.kv_heads, shape.q_heads);
         config.residual = self.streaming.residual;
         config.sinks = self.streaming.sinks;
+        Ok(config)
+    }
+}
+
+type SharedCache = Arc<Mutex<KvCache<vidkv_cpu::ScalarBackend>>>;
+
+fn locked(c: &SharedCache) -> MutexGuard<'_, KvCache<vidkv_cpu::ScalarBackend>> {
+    c.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A layer whose cache the next layer borrows codes from (XQuant cross-layer sharing).
+struct LenderLayer {
+    cache: SharedCache,
+}
+
+impl LayerCache for LenderLayer {
+    fn append(&mut self, k: &[f32], v: &[f32], tokens: usize) -> Result<()> {
+        let mut c = locked(&self.cache);
+        if tokens == 1 {
+            c.append(0, k, v)?;
+        } else {
+            c.prefill(0, k, v, Salient::None)?;
+        }
+        Ok(())
+    }
+
+    fn attend(&mut self, q: &[f32], out: &mut [f32]) -> Result<()> {
+        Ok(locked(&self.cache).attend(0, q, out)?)
+    }
+
+    fn tokens(&self) -> usize {
+        locked(&self.cache).tokens(0)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        locked(&self.cache).memory().total()
+    }
+
+    fn dequantized(&self) -> (Vec<f32>, Vec<f32>) {
+        locked(&self.cache)
+            .dequantize(0)
+            .expect("own cache dequantizes")
+    }
+
+    fn describe(&self) -> String {
+        "KvCache fused, lends its codes".into()
+    }
+}
+
+/// A layer that stores only its min/max parameters and attends with its lender's codes.
+struct BorrowingLayer {
+    cache: KvCache<vidkv_cpu::ScalarBackend>,
+    lender: SharedCache,
+}
+
+impl LayerCache for BorrowingLayer {
+    fn append(&mut self, k: &[f32], v: &[f32], tokens: usize) -> Result<()> {
+        if tokens == 1 {
+            self.cache.append(0, k, v)?;
+        } else {
+            self.cache.prefill(0, k, v, Salient::None)?;
+        }
+        Ok(())
+    }
+
+    fn attend(&mut self, q: &[f32], out: &mut [f32]) -> Result<()> {
+        Ok(self
+            .cache
+            .attend_borrowing(&locked(&self.lender), 0, q, out)?)
+    }
+
+    fn tokens(&self) -> usize {
+        self.cache.tokens(0)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.cache.memory().total()
+    }
+
+    fn dequantized(&self) -> (Vec<f32>, Vec<f32>) {
+        // The lender is the previous layer, appended before this one at every step.
+        self.cache
+            .dequantize_borrowing(&locked(&self.lender), 0)
+            .expect("lender and borrower hold the same tokens")
+    }
+
+    fn describe(&self) -> String {
+        "KvCache fused, borrows the previous layer's codes".into()
+    }
+}
+
+/// [`VidkvFactory`] with XQuant's cross-layer code sharing: from layer `from` on, every odd
+/// layer borrows the codes of the layer before it ([`Codec::borrowing`]) and stores only its
+/// own min/max parameters. Named `<preset>+share<from>`. Layers must be made in order.
+#[derive(Debug)]
+pub struct SharingFactory {
+    /// The preset and streaming settings.
+    pub base: VidkvFactory,
+    /// First layer that may borrow.
+    pub from: usize,
+    lenders: Mutex<Vec<Option<SharedCache>>>,
+}
+
+impl SharingFactory {
+    /// Sharing on top of `base` from layer `from`; the preset's blocks must be able to borrow.
+    pub fn new(base: VidkvFactory, from: usize) -> Result<Self> {
+        let shape = CacheShape {
+            kv_heads: 1,
+            q_heads: 1,
+            head_dim: 64,
+        };
+        base.cache_config(shape)?.codec.borrowing()?;
+        Ok(Self {
+            base,
+            from,
+            lenders: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn borrows(&self, layer: usize) -> bool {
+        layer >= self.from && layer % 2 == 1
+    }
+}
+
+impl CacheFactory for SharingFactory {
+    fn name(&self) -> String {
+        format!("{}+share{}", self.base.name(), self.from)
+    }
+
+    fn make(&self, layer: usize, shape: CacheShape) -> Result<Box<dyn LayerCache>> {
+        let config = self.base.cache_config(shape)?;
+        let mut lenders = self
+            .lenders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if lenders.len() <= layer {
+            lenders.resize(layer + 1, None);
+        }
+        let lender = layer.checked_sub(1).and_then(|l| lenders[l].clone());
+        if let (true, Some(lender)) = (self.borrows(layer), lender) {
+            let config = CacheConfig {
+                codec: config.codec.borrowing()?,
+                ..config
+            };
+            let mut cache = KvCache::new(vidkv_cpu::ScalarBackend, config)?;
+            cache.add_sequence()?;
+            return Ok(Box::new(BorrowingLayer { cache, lender }));
+        }
+        if self.borrows(layer + 1) {
+            let mut cache = KvCache::new(vidkv_cpu::ScalarBackend, config)?;
+            cache.add_sequence()?;
+            let cache = Arc::new(Mutex::new(cache));
+            lenders[layer] = Some(cache.clone());
+            return Ok(Box::new(LenderLayer { cache }));
+        }
+        lenders[layer] = None;
         Ok(Box::new(VidkvLayer::new(vidkv_cpu::ScalarBackend, config)?))
     }
 }

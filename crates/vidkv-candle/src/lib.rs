@@ -28,4 +28,4 @@ pub use cache::{
     QuantFactory, Streaming,
 };
 pub use error::{Error, Result};
-pub use kvcache::{VidkvFactory, VidkvLayer};
+pub use kvcache::{SharingFactory, VidkvFactory, VidkvLayer};

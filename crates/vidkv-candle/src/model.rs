@@ -423,6 +423,18 @@ impl Llama {
         Ok(out)
     }
 
+    /// Queries, keys (both post-RoPE) and values of every layer for `tokens` from position 0,
+    /// `[1, heads or kv_heads, seq, D]` each: what `vidkv-dump-kv` writes to safetensors.
+    pub fn qkv_dump(&self, tokens: &[u32]) -> Result<Vec<[Tensor; 3]>> {
+        let group = self.config.heads / self.config.kv_heads;
+        let mut out = Vec::new();
+        self.run(tokens, 0, &mut |_, q, k, v| {
+            out.push([q.clone(), k.clone(), v.clone()]);
+            full_attention(q, k, v, group, 0)
+        })?;
+        Ok(out)
+    }
+
     #[allow(clippy::type_complexity)]
     fn run(
         &self,

@@ -178,6 +178,19 @@ pub struct AttentionArgs<'a, B> {
     pub residual: Option<DenseRows<'a, B>>,
     /// f32 output, `[query_heads, head_dim]` little-endian.
     pub out: &'a mut B,
+    /// For a layer whose codec borrows its codes ([`crate::Codec::borrowing`]): the lender
+    /// layer's full blocks (same configuration, at least `blocks` of them); `key_blocks` and
+    /// `value_blocks` then hold the borrower's parameter-only blocks. `None` otherwise.
+    pub lender: Option<LenderBlocks<'a, B>>,
+}
+
+/// The lender's blocks for the attention of a borrowing layer (XQuant cross-layer sharing).
+#[derive(Debug)]
+pub struct LenderBlocks<'a, B> {
+    /// The lender's packed key blocks (its own codes).
+    pub key_blocks: &'a B,
+    /// The lender's packed value blocks.
+    pub value_blocks: &'a B,
 }
 
 /// A KV-cache quantization backend. See the module docs for the buffer model.

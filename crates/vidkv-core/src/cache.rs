@@ -56,7 +56,9 @@ use core::fmt;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use crate::backend::{AttentionArgs, DType, DenseRows, HeadTensor, KvQuantBackend, SalientArgs};
+use crate::backend::{
+    AttentionArgs, DType, DenseRows, HeadTensor, KvQuantBackend, LenderBlocks, SalientArgs,
+};
 use crate::config::{Bits, KeyScheme, OutlierScope, QuantConfig, ValueScheme};
 use crate::error::{Error, Result};
 use crate::layout::{ChannelMask, Codec, KeyLayout, ValueLayout};
@@ -815,13 +817,94 @@ impl<B: KvQuantBackend> KvCache<B> {
     /// head_dim]` f32 in the original token order: sinks and residual as stored (f16), blocks
     /// decoded by the backend, salient tokens' values from their groups.
     pub fn dequantize(&self, seq: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let s = self.sequence(seq)?;
+        self.dequantize_with(seq, None)
+    }
+
+    /// [`Self::dequantize`] for a cache whose codec borrows its codes: the blocks decode with
+    /// the codes of the same sequence's blocks in `lender` (checked as in
+    /// [`Self::attend_borrowing`]).
+    pub fn dequantize_borrowing(&self, lender: &Self, seq: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.check_lender_cache(lender, seq)?;
+        self.dequantize_with(seq, Some(lender))
+    }
+
+    fn check_lender_cache(&self, lender: &Self, seq: usize) -> Result<()> {
+        self.config.codec.check_lender(&lender.config.codec)?;
+        let (s, l) = (self.sequence(seq)?, lender.sequence(seq)?);
+        if lender.config.kv_heads != self.config.kv_heads || l.blocks != s.blocks {
+            return Err(Error::InvalidConfig {
+                reason: "the lender cache must have the borrower's KV heads and block count",
+            });
+        }
+        Ok(())
+    }
+
+    /// Full blocks of a borrowing head: its parameter sections spliced with the lender's codes.
+    fn spliced(
+        &self,
+        keys: bool,
+        blocks: usize,
+        own: &B::Buffer,
+        lent: &B::Buffer,
+    ) -> Result<B::Buffer> {
         let codec = &self.config.codec;
+        let full = codec.owning();
+        let (params, size) = if keys {
+            (codec.key_params(), full.key_block_bytes())
+        } else {
+            (codec.value_params(), full.value_block_bytes())
+        };
+        let (own, lent) = (self.backend.download(own)?, self.backend.download(lent)?);
+        let short = |what, expected, actual| Error::ShapeMismatch {
+            what,
+            expected,
+            actual,
+        };
+        let own = own.get(..blocks * params.len).ok_or(short(
+            "borrowing blocks",
+            blocks * params.len,
+            own.len(),
+        ))?;
+        let lent =
+            lent.get(..blocks * size)
+                .ok_or(short("lender blocks", blocks * size, lent.len()))?;
+        let mut out = vec![0u8; blocks * size];
+        for ((dst, own), lent) in out
+            .chunks_exact_mut(size)
+            .zip(own.chunks_exact(params.len))
+            .zip(lent.chunks_exact(size))
+        {
+            crate::layout::splice_borrowed(params, own, lent, dst);
+        }
+        self.backend.upload(&out)
+    }
+
+    fn dequantize_with(&self, seq: usize, lender: Option<&Self>) -> Result<(Vec<f32>, Vec<f32>)> {
+        if self.config.codec.is_borrowing() && lender.is_none() {
+            return Err(Error::InvalidConfig {
+                reason: "a cache that borrows its codes dequantizes with its lender (dequantize_borrowing)",
+            });
+        }
+        let s = self.sequence(seq)?;
+        let owning = self.config.codec.owning();
+        let codec = &owning;
         let (d, g) = (codec.head_dim(), codec.group());
         let tokens = s.tokens;
         let mut keys = Vec::with_capacity(self.config.kv_heads * tokens * d);
         let mut values = Vec::with_capacity(self.config.kv_heads * tokens * d);
-        for head in &s.heads {
+        for (h, head) in s.heads.iter().enumerate() {
+            let lent = lender.map(|l| &l.sequences[seq].heads[h]);
+            let spliced = match lent {
+                Some(l) => Some((
+                    self.spliced(true, s.blocks, &head.keys.buf, &l.keys.buf)?,
+                    self.spliced(false, s.blocks, &head.values.buf, &l.values.buf)?,
+                )),
+                None => None,
+            };
+            let (key_buf, value_buf) = match &spliced {
+                Some((k, v)) => (k, v),
+                None => (&head.keys.buf, &head.values.buf),
+            };
             let sinks = s.sink_len * d;
             keys.extend(head.sink_k.host[..sinks].iter().map(|x| x.to_f32()));
             values.extend(head.sink_v.host[..sinks].iter().map(|x| x.to_f32()));
@@ -830,10 +913,10 @@ impl<B: KvQuantBackend> KvCache<B> {
             let mut out = self.backend.alloc(block_rows * 4)?;
             if s.blocks > 0 {
                 self.backend
-                    .decode_keys(codec, &head.keys.buf, s.blocks, &mut out)?;
+                    .decode_keys(codec, key_buf, s.blocks, &mut out)?;
                 keys.extend(f32s(&self.backend.download(&out)?));
                 self.backend
-                    .decode_values(codec, &head.values.buf, s.blocks, &mut out)?;
+                    .decode_values(codec, value_buf, s.blocks, &mut out)?;
                 let mut v = f32s(&self.backend.download(&out)?);
                 if let (Some((_, masks)), Some((groups, pending))) =
                     (&s.salient_masks, &head.salient)
@@ -931,6 +1014,42 @@ impl<B: KvQuantBackend> KvCache<B> {
     where
         F: for<'a> FnOnce(&'a B, &'a Codec, Vec<AttentionArgs<'a, B::Buffer>>) -> Result<()>,
     {
+        self.attend_jobs(seqs, q, out, None, run)
+    }
+
+    /// Fused decode attention for sequence `seq` of a cache whose codec **borrows** its codes
+    /// (XQuant cross-layer sharing, [`Codec::borrowing`]): the codes come from the same
+    /// sequence's blocks in `lender`, the cache of the lender layer (same configuration owning
+    /// its codes, same KV heads, the same number of blocks in `seq`). Typed errors otherwise.
+    pub fn attend_borrowing(
+        &self,
+        lender: &Self,
+        seq: usize,
+        q: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check_lender_cache(lender, seq)?;
+        self.attend_jobs(&[seq], q, out, Some(lender), |backend, codec, jobs| {
+            backend.attend_batch(codec, jobs)
+        })
+    }
+
+    fn attend_jobs<F>(
+        &self,
+        seqs: &[usize],
+        q: &[f32],
+        out: &mut [f32],
+        lender: Option<&Self>,
+        run: F,
+    ) -> Result<()>
+    where
+        F: for<'a> FnOnce(&'a B, &'a Codec, Vec<AttentionArgs<'a, B::Buffer>>) -> Result<()>,
+    {
+        if self.config.codec.is_borrowing() && lender.is_none() {
+            return Err(Error::InvalidConfig {
+                reason: "a cache that borrows its codes attends with its lender (attend_borrowing)",
+            });
+        }
         let d = self.config.codec.head_dim();
         let group = self.config.group_size();
         let expected = seqs.len() * self.config.query_heads * d;
@@ -959,11 +1078,19 @@ impl<B: KvQuantBackend> KvCache<B> {
         let mut slots = queries.iter().zip(outs.iter_mut());
         for &seq in seqs {
             let s = &self.sequences[seq];
-            for head in &s.heads {
+            for (h, head) in s.heads.iter().enumerate() {
                 let (queries, out) = slots.next().ok_or(Error::InvalidConfig {
                     reason: "attention job count",
                 })?;
-                jobs.push(self.job(s, head, queries, out));
+                let mut job = self.job(s, head, queries, out);
+                if let Some(l) = lender {
+                    let lh = &l.sequences[seq].heads[h];
+                    job.lender = Some(LenderBlocks {
+                        key_blocks: &lh.keys.buf,
+                        value_blocks: &lh.values.buf,
+                    });
+                }
+                jobs.push(job);
             }
         }
         run(&self.backend, &self.config.codec, jobs)?;
@@ -1023,6 +1150,7 @@ impl<B: KvQuantBackend> KvCache<B> {
                 capacity: self.ring,
             }),
             out,
+            lender: None,
         }
     }
 

@@ -63,6 +63,8 @@ impl GroupSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Bits {
+    /// 1 bit: 2 levels, `lo` and `lo + step` (XQuant's 1-bit groups).
+    One = 1,
     /// 2 bits: 4 levels.
     Two = 2,
     /// 4 bits: 16 levels.
@@ -73,10 +75,11 @@ impl Bits {
     /// Validates a bit width.
     pub fn new(bits: u32) -> Result<Self> {
         match bits {
+            1 => Ok(Self::One),
             2 => Ok(Self::Two),
             4 => Ok(Self::Four),
             _ => Err(Error::InvalidConfig {
-                reason: "affine codes must be 2 or 4 bits wide",
+                reason: "affine codes must be 1, 2 or 4 bits wide",
             }),
         }
     }
@@ -386,11 +389,23 @@ pub enum Scheme {
     /// arithmetic. The published method fine-tunes the model for it; we use it without
     /// fine-tuning.
     H1b,
+    /// XQuant (Yang et al., EMNLP 2025) without cross-layer sharing: KIVI's layout with the
+    /// AsymKV split XQuant builds on — keys 2-bit per channel, values 1-bit per token — and
+    /// endpoint calibration η ([`Scheme::XQUANT_CALIBRATION`]); f32 arithmetic. Cross-layer
+    /// code sharing is a per-layer choice on top ([`crate::Codec::borrowing`]).
+    Xquant,
 }
 
 impl Scheme {
+    /// The calibration of [`Scheme::Xquant`], the best of XQuant's η sets on the real tensors
+    /// (`docs/EVAL.md`).
+    pub const XQUANT_CALIBRATION: Calibration = Calibration {
+        keys: 0.045,
+        values: 1.0 / 6.0,
+    };
+
     /// All presets, in report order.
-    pub const ALL: [Scheme; 8] = [
+    pub const ALL: [Scheme; 9] = [
         Scheme::Vidkv,
         Scheme::VidkvPaper,
         Scheme::Kivi2,
@@ -399,6 +414,7 @@ impl Scheme {
         Scheme::VidkvStp,
         Scheme::Ott2,
         Scheme::H1b,
+        Scheme::Xquant,
     ];
 
     /// The name used on the command line and in reports.
@@ -412,6 +428,7 @@ impl Scheme {
             Scheme::VidkvStp => "vidkv-stp",
             Scheme::Ott2 => "ott2",
             Scheme::H1b => "h1b",
+            Scheme::Xquant => "xquant",
         }
     }
 
@@ -488,6 +505,18 @@ impl Scheme {
                 ValueScheme::PerToken { bits: Bits::Four },
                 Arithmetic::F32,
             ),
+            Scheme::Xquant => {
+                return QuantConfig {
+                    calibration: Self::XQUANT_CALIBRATION,
+                    ..QuantConfig::new(
+                        head_dim,
+                        group,
+                        KeyScheme::PerChannel { bits: Bits::Two },
+                        ValueScheme::PerToken { bits: Bits::One },
+                        Arithmetic::F32,
+                    )
+                };
+            }
         };
         QuantConfig {
             traced_tokens: self.traced_slots(group),

@@ -155,6 +155,10 @@ pub struct LayerSection<'a> {
     pub tail_tokens: usize,
     /// The pooled outlier channels for layer-scope mixed keys (`None` for any other key scheme).
     pub outliers: Option<ChannelMask>,
+    /// XQuant cross-layer sharing: the index of the earlier layer whose codes this layer's
+    /// blocks borrow (they hold only their parameter sections, [`Codec::borrowing`]); `None`
+    /// when the layer owns its codes.
+    pub lender: Option<usize>,
     /// One section per KV head.
     pub heads: Vec<HeadSection<'a>>,
 }
@@ -360,7 +364,7 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
                 return Err(bad("mixed-key options set for per-channel keys", 19));
             }
             KeyScheme::PerChannel {
-                bits: bits(18, "per-channel key bits not 2 or 4")?,
+                bits: bits(18, "per-channel key bits not 1, 2 or 4")?,
             }
         }
         KEY_SIGN_SKETCH => {
@@ -385,10 +389,10 @@ fn read_config(r: &Reader<'_>) -> Result<QuantConfig> {
             },
         },
         VALUE_PER_TOKEN => ValueScheme::PerToken {
-            bits: bits(23, "per-token value bits not 2 or 4")?,
+            bits: bits(23, "per-token value bits not 1, 2 or 4")?,
         },
         VALUE_PER_CHANNEL => ValueScheme::PerChannel {
-            bits: bits(23, "per-channel value bits not 2 or 4")?,
+            bits: bits(23, "per-channel value bits not 1, 2 or 4")?,
         },
         _ => return Err(bad("unknown value scheme", 22)),
     };
@@ -469,7 +473,7 @@ impl<'a> Container<'a> {
         let mut layers = Vec::with_capacity(layer_count);
         let mut at = HEADER_BYTES;
         for _ in 0..layer_count {
-            let (layer, next) = Self::parse_layer(&r, &codec, at)?;
+            let (layer, next) = Self::parse_layer(&r, &codec, at, &layers)?;
             layers.push(layer);
             at = next;
         }
@@ -483,7 +487,42 @@ impl<'a> Container<'a> {
         })
     }
 
-    fn parse_layer(r: &Reader<'a>, codec: &Codec, at: usize) -> Result<(LayerSection<'a>, usize)> {
+    /// The layer whose codes a layer borrows (stored as `1 + index` at offset 28 of the layer
+    /// header, 0 = own codes): an earlier layer that owns its codes, with the same heads and
+    /// blocks, and a configuration whose blocks can borrow. Returns the borrower's codec.
+    fn lender_of(
+        r: &Reader<'a>,
+        codec: &Codec,
+        at: usize,
+        earlier: &[LayerSection<'a>],
+    ) -> Result<(Option<usize>, Codec)> {
+        let stored = r.u32(at + 28)? as usize;
+        let Some(lender) = stored.checked_sub(1) else {
+            return Ok((None, *codec));
+        };
+        let what = "lender layer index not an earlier layer that owns its codes";
+        let l = earlier
+            .get(lender)
+            .filter(|l| l.lender.is_none())
+            .ok_or(bad(what, at + 28))?;
+        let borrowing = codec
+            .borrowing()
+            .map_err(|_| bad("layer borrows codes but the schemes cannot", at + 28))?;
+        if r.u32(at)? as usize != l.heads.len() || r.u32(at + 4)? as usize != l.blocks {
+            return Err(bad(
+                "borrowing layer's heads or blocks differ from its lender's",
+                at,
+            ));
+        }
+        Ok((Some(lender), borrowing))
+    }
+
+    fn parse_layer(
+        r: &Reader<'a>,
+        codec: &Codec,
+        at: usize,
+        earlier: &[LayerSection<'a>],
+    ) -> Result<(LayerSection<'a>, usize)> {
         r.take(at, LAYER_HEADER_BYTES, "truncated layer header")?;
         let heads = r.u32(at)? as usize;
         let blocks = r.u32(at + 4)? as usize;
@@ -492,7 +531,8 @@ impl<'a> Container<'a> {
         let value_name_len = usize::from(r.u16(at + 14)?);
         let layer_len = r.u64(at + 16)?;
         let mask_len = r.u32(at + 24)? as usize;
-        r.zeros(at + 28, 4, "reserved layer header bytes not zero")?;
+        let (lender, layer_codec) = Self::lender_of(r, codec, at, earlier)?;
+        let codec = &layer_codec;
 
         let expected_mask = if has_layer_mask(codec) { MASK_BYTES } else { 0 };
         if mask_len != expected_mask {
@@ -585,6 +625,7 @@ impl<'a> Container<'a> {
                 blocks,
                 tail_tokens,
                 outliers,
+                lender,
                 heads: sections,
             },
             layer_end,
@@ -652,6 +693,8 @@ pub struct ContainerWriter {
     codec: Codec,
     buf: Vec<u8>,
     layers: u32,
+    /// Per written layer: heads, blocks, whether it owns its codes (for borrowing checks).
+    written: Vec<(usize, usize, bool)>,
 }
 
 fn too_large(what: &'static str) -> Error {
@@ -670,12 +713,42 @@ impl ContainerWriter {
             codec: *codec,
             buf,
             layers: 0,
+            written: Vec::new(),
         }
     }
 
     /// Appends a layer after checking every section's size against the configuration.
     pub fn add_layer(&mut self, layer: &LayerInput<'_>) -> Result<()> {
-        let codec = &self.codec;
+        self.add(layer, None)
+    }
+
+    /// Appends a layer whose blocks **borrow** the codes of the earlier layer `lender` (XQuant
+    /// cross-layer sharing): its head sections hold the parameter-only blocks of
+    /// [`Codec::borrowing`]. The lender must own its codes and have the same heads and blocks.
+    pub fn add_borrowing_layer(&mut self, layer: &LayerInput<'_>, lender: usize) -> Result<()> {
+        let ok = self
+            .written
+            .get(lender)
+            .is_some_and(|&(heads, blocks, owns)| {
+                owns && heads == layer.heads.len() && blocks == layer.blocks
+            });
+        if !ok {
+            return Err(Error::InvalidConfig {
+                reason: "the lender must be an earlier layer that owns its codes, with the same heads and blocks",
+            });
+        }
+        self.add(layer, Some(lender))
+    }
+
+    fn add(&mut self, layer: &LayerInput<'_>, lender: Option<usize>) -> Result<()> {
+        let codec = &match lender {
+            Some(_) => self.codec.borrowing()?,
+            None => self.codec,
+        };
+        let lender_field = match lender {
+            Some(l) => u32::try_from(l + 1).map_err(|_| too_large("lender index"))?,
+            None => 0,
+        };
         let to_u32 = |n: usize, what| u32::try_from(n).map_err(|_| too_large(what));
         let to_u16 = |n: usize, what| u16::try_from(n).map_err(|_| too_large(what));
         let heads = to_u32(layer.heads.len(), "more than 2^32 − 1 heads in a layer")?;
@@ -755,7 +828,7 @@ impl ContainerWriter {
         b.extend_from_slice(&vn.to_le_bytes());
         b.extend_from_slice(&(layer_len as u64).to_le_bytes());
         b.extend_from_slice(&(mask_len as u32).to_le_bytes());
-        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&lender_field.to_le_bytes());
         b.extend_from_slice(layer.key_name.as_bytes());
         b.extend_from_slice(layer.value_name.as_bytes());
         b.resize(at + pad8(b.len() - at), 0);
@@ -776,6 +849,8 @@ impl ContainerWriter {
             b.extend_from_slice(&sum.to_le_bytes());
         }
         debug_assert_eq!(b.len() - at, layer_len);
+        self.written
+            .push((layer.heads.len(), layer.blocks, lender.is_none()));
         Ok(())
     }
 

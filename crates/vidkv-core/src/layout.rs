@@ -15,7 +15,7 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 use static_assertions::{const_assert, const_assert_eq};
 
-use crate::config::{Bits, KeyScheme, QuantConfig, ValueScheme};
+use crate::config::{Arithmetic, Bits, KeyScheme, QuantConfig, ValueScheme};
 use crate::error::{Error, Result};
 use crate::traced::TracedLayout;
 
@@ -32,6 +32,33 @@ pub struct AffineParams {
 const_assert_eq!(core::mem::size_of::<AffineParams>(), 4);
 const_assert_eq!(core::mem::align_of::<AffineParams>(), 2);
 const_assert_eq!(core::mem::offset_of!(AffineParams, step), 2);
+
+impl AffineParams {
+    /// XQuant's endpoint calibration of a min/max group fitted with `bits`-bit codes: the codes
+    /// stay those of `self`, the stored parameters move inward,
+    /// `lo' = lo + η·step·(2^b − 1)`, `step' = (1 − 2η)·step` (rounded to f16; under reference
+    /// arithmetic every product and sum is rounded to f16, as the PyTorch reference computes it).
+    /// η = 0 returns `self` unchanged.
+    pub fn calibrated(self, bits: Bits, eta: f32, arith: Arithmetic) -> Self {
+        if eta == 0.0 {
+            return self;
+        }
+        let r = |x: f32| match arith {
+            Arithmetic::F32 => x,
+            Arithmetic::Reference => f16::from_f32(x).to_f32(),
+        };
+        let (lo, step) = (self.lo.to_f32(), self.step.to_f32());
+        let levels = f32::from(bits.max_code());
+        // Saturate like every stored parameter: a range near the f16 limit would otherwise
+        // round `L·step` (reference arithmetic) or `lo + shift` to infinity.
+        const MAX: f32 = 65504.0;
+        let shift = r(r(levels * step).min(MAX) * eta);
+        Self {
+            lo: f16::from_f32((lo + shift).clamp(-MAX, MAX)),
+            step: f16::from_f32(step * (1.0 - 2.0 * eta)),
+        }
+    }
+}
 
 /// The outlier channels of a mixed-precision key block, one bit per channel (bit c of word c/32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
@@ -333,6 +360,14 @@ impl ValueLayout {
     }
 }
 
+/// Writes the full block of a layer that borrows its codes: its own parameter section `own`
+/// (`params.len` bytes), then the code bytes of the lender's full block `lent` (from
+/// `params.len` on), into `out` (full block size). See [`Codec::borrowing`].
+pub fn splice_borrowed(params: Section, own: &[u8], lent: &[u8], out: &mut [u8]) {
+    out[..params.len].copy_from_slice(own);
+    out[params.len..].copy_from_slice(&lent[params.len..]);
+}
+
 /// A validated configuration together with its derived block layouts: what every encode and
 /// decode call takes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -341,6 +376,7 @@ pub struct Codec {
     keys: KeyLayout,
     traced: Option<TracedLayout>,
     values: ValueLayout,
+    borrows_codes: bool,
 }
 
 impl Codec {
@@ -356,7 +392,90 @@ impl Codec {
             keys,
             traced,
             values: ValueLayout::new(&config),
+            borrows_codes: false,
         })
+    }
+
+    /// The codec of a layer that **borrows** its integer codes from another layer with the same
+    /// configuration (XQuant's cross-layer sharing): its key and value blocks keep only their
+    /// parameter sections (`params`, computed from the layer's own data), and decoding or
+    /// attention takes the codes from the lender's blocks of the same index. Only min/max keys
+    /// and values can borrow (`Error::InvalidConfig` otherwise).
+    ///
+    /// The layouts ([`Self::key_layout`], [`Self::value_layout`]) stay those of the lender (the
+    /// `params` sections sit at the same offsets); [`Self::key_block_bytes`] and
+    /// [`Self::value_block_bytes`] shrink to the parameter sections.
+    pub fn borrowing(&self) -> Result<Self> {
+        let affine_keys = matches!(self.keys, KeyLayout::PerChannel { .. });
+        let affine_values = matches!(
+            self.values,
+            ValueLayout::PerToken { .. } | ValueLayout::PerChannel { .. }
+        );
+        if !(affine_keys && affine_values) {
+            return Err(Error::InvalidConfig {
+                reason: "only min/max (per-channel keys, per-token or per-channel values) layers can borrow codes",
+            });
+        }
+        if self.traced.is_some() {
+            return Err(Error::InvalidConfig {
+                reason: "layers with traced tokens cannot borrow codes",
+            });
+        }
+        Ok(Self {
+            borrows_codes: true,
+            ..*self
+        })
+    }
+
+    /// Whether this codec's blocks borrow their codes ([`Self::borrowing`]).
+    pub fn is_borrowing(&self) -> bool {
+        self.borrows_codes
+    }
+
+    /// The codec of the lender's full blocks: `self` with its own codes.
+    pub fn owning(&self) -> Self {
+        Self {
+            borrows_codes: false,
+            ..*self
+        }
+    }
+
+    /// Checks that `lender` can lend its codes to `self` (a borrowing codec): same
+    /// configuration, and the lender owns its codes.
+    pub fn check_lender(&self, lender: &Codec) -> Result<()> {
+        if !self.borrows_codes {
+            return Err(Error::InvalidConfig {
+                reason: "lender blocks given to a layer that owns its codes",
+            });
+        }
+        if lender.borrows_codes || lender.config != self.config {
+            return Err(Error::InvalidConfig {
+                reason: "the lender layer must own its codes and have the borrower's configuration",
+            });
+        }
+        Ok(())
+    }
+
+    /// The parameter section of a key block: what a borrowing block keeps.
+    pub fn key_params(&self) -> Section {
+        match self.keys {
+            KeyLayout::PerChannel { params, .. } => params,
+            KeyLayout::Mixed { .. } | KeyLayout::SignSketch { .. } => Section {
+                offset: 0,
+                len: self.keys.block_bytes(),
+            },
+        }
+    }
+
+    /// The parameter section of a value block: what a borrowing block keeps.
+    pub fn value_params(&self) -> Section {
+        match self.values {
+            ValueLayout::PerToken { params, .. } | ValueLayout::PerChannel { params, .. } => params,
+            ValueLayout::Ternary { .. } => Section {
+                offset: 0,
+                len: self.values.block_bytes(),
+            },
+        }
     }
 
     /// The configuration.
@@ -395,14 +514,51 @@ impl Codec {
         &self.values
     }
 
-    /// Bytes of one key block (the key scheme's sections plus the traced part, if any).
+    /// Bytes of one key block: the key scheme's sections plus the traced part, if any; only the
+    /// parameter section for a borrowing codec.
     pub fn key_block_bytes(&self) -> usize {
-        self.keys.block_bytes() + self.traced.map_or(0, |t| t.bytes())
+        if self.borrows_codes {
+            self.key_params().len
+        } else {
+            self.keys.block_bytes() + self.traced.map_or(0, |t| t.bytes())
+        }
     }
 
-    /// Bytes of one value block.
+    /// Bytes of one value block (its parameter section only for a borrowing codec).
     pub fn value_block_bytes(&self) -> usize {
-        self.values.block_bytes()
+        if self.borrows_codes {
+            self.value_params().len
+        } else {
+            self.values.block_bytes()
+        }
+    }
+
+    /// Bits per key element stored for codes alone (0 for a borrowing codec); mixed keys count
+    /// their 2-bit outlier codes and 1-bit lanes.
+    pub fn key_code_bits(&self) -> f64 {
+        let bytes = match self.keys {
+            _ if self.borrows_codes => 0,
+            KeyLayout::PerChannel { codes, .. } => codes.len,
+            KeyLayout::Mixed {
+                outlier_codes,
+                lane_bits,
+                ..
+            } => outlier_codes.len + lane_bits.len,
+            KeyLayout::SignSketch { signs, .. } => signs.len,
+        };
+        (bytes * 8) as f64 / self.block_elements() as f64
+    }
+
+    /// Bits per value element stored for codes alone (0 for a borrowing codec; ternary: trits).
+    pub fn value_code_bits(&self) -> f64 {
+        let bytes = match self.values {
+            _ if self.borrows_codes => 0,
+            ValueLayout::PerToken { codes, .. } | ValueLayout::PerChannel { codes, .. } => {
+                codes.len
+            }
+            ValueLayout::Ternary { trits, .. } => trits.len,
+        };
+        (bytes * 8) as f64 / self.block_elements() as f64
     }
 
     /// All-in bits per key element (codes, scales, offsets, mask and traced rows).

@@ -93,6 +93,8 @@ fn attend_g<const G: usize>(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> 
             .as_ref()
             .map(|s| SalientReader::new(codec, s, args.blocks))
             .transpose()?;
+        let mut lent = Lent::new(codec, &args)?;
+        let codec = &codec.owning();
         let mut key_scorer = KeyScorer::new(codec, &queries, nq);
         if let Some(projection) = shared_projection(codec) {
             let raw = read_queries(args.queries, nq, d, 1.0)?;
@@ -104,6 +106,10 @@ fn attend_g<const G: usize>(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> 
             .zip(values.chunks_exact(vb))
             .enumerate()
         {
+            let (kblock, vblock) = match &mut lent {
+                Some(l) => l.splice(b, kblock, vblock),
+                None => (kblock, vblock),
+            };
             key_scorer
                 .score::<G>(codec, kblock, &mut state.scores)
                 .map_err(|e| locate(e, b * kb))?;
@@ -127,6 +133,59 @@ fn attend_g<const G: usize>(codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> 
         chunk.copy_from_slice(&v.to_le_bytes());
     }
     Ok(())
+}
+
+/// The lender's blocks of a borrowing layer and the spliced full blocks of the current index
+/// (the borrower's parameters, the lender's codes): one copy per block, no decode.
+struct Lent<'a> {
+    keys: &'a [u8],
+    values: &'a [u8],
+    key_params: vidkv_core::Section,
+    value_params: vidkv_core::Section,
+    key_block: Vec<u8>,
+    value_block: Vec<u8>,
+}
+
+impl<'a> Lent<'a> {
+    fn new(codec: &Codec, args: &AttentionArgs<'a, Vec<u8>>) -> Result<Option<Self>> {
+        let lender = match (&args.lender, codec.is_borrowing()) {
+            (None, false) => return Ok(None),
+            (Some(l), true) => l,
+            _ => {
+                return Err(Error::InvalidConfig {
+                    reason: "lender blocks must be given exactly when the codec borrows its codes",
+                });
+            }
+        };
+        let full = codec.owning();
+        let (kb, vb) = (full.key_block_bytes(), full.value_block_bytes());
+        let keys = lender.key_blocks.get(..args.blocks * kb);
+        let values = lender.value_blocks.get(..args.blocks * vb);
+        let (Some(keys), Some(values)) = (keys, values) else {
+            return Err(short(
+                "lender key/value blocks",
+                args.blocks * (kb + vb),
+                lender.key_blocks.len() + lender.value_blocks.len(),
+            ));
+        };
+        Ok(Some(Self {
+            keys,
+            values,
+            key_params: codec.key_params(),
+            value_params: codec.value_params(),
+            key_block: vec![0; kb],
+            value_block: vec![0; vb],
+        }))
+    }
+
+    fn splice(&mut self, b: usize, own_k: &[u8], own_v: &[u8]) -> (&[u8], &[u8]) {
+        let (kb, vb) = (self.key_block.len(), self.value_block.len());
+        let lent_k = &self.keys[b * kb..][..kb];
+        let lent_v = &self.values[b * vb..][..vb];
+        crate::borrow::splice(self.key_params, own_k, lent_k, &mut self.key_block);
+        crate::borrow::splice(self.value_params, own_v, lent_v, &mut self.value_block);
+        (&self.key_block, &self.value_block)
+    }
 }
 
 fn short(what: &'static str, expected: usize, actual: usize) -> Error {

@@ -14,6 +14,7 @@ use vidkv_core::{
 use crate::affine;
 use crate::arith::{F16_MAX, mean_abs};
 use crate::blocks::{BlockIo, read_params, write_params};
+use crate::borrow::{self, Half};
 use crate::outliers::ChannelRanges;
 use crate::sketch;
 use crate::transform::{LaneTransform, is_imaginary_lane};
@@ -29,6 +30,11 @@ pub fn encode_key_blocks(
     outliers: Option<&ChannelMask>,
     out: &mut [u8],
 ) -> Result<()> {
+    if codec.is_borrowing() {
+        return borrow::encode_params_only(codec, Half::Keys, out, |full, blocks| {
+            encode_key_blocks(full, input, outliers, blocks)
+        });
+    }
     let io = BlockIo::for_encode(codec, input, out.len(), codec.key_block_bytes())?;
     match codec.config().keys {
         KeyScheme::Mixed(mixed) => {
@@ -94,6 +100,9 @@ fn kept_column<'a>(
 
 /// Decodes key blocks into row-major f32 `[blocks·G, D]`.
 pub fn decode_key_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Result<()> {
+    if codec.is_borrowing() {
+        return Err(borrow::needs_lender());
+    }
     let io = BlockIo::for_decode(codec, encoded.len(), codec.key_block_bytes(), out.len())?;
     match codec.config().keys {
         KeyScheme::Mixed(mixed) => {
@@ -190,7 +199,8 @@ fn encode_mixed(
     for (i, c) in chosen.outliers(d).enumerate() {
         let column = || rows.iter().skip(c).step_by(d).copied();
         let p = affine::fit(arith, Bits::Two, kept_column(rows, kept, d, c));
-        write_params(&mut block[outlier_params.range()], i, p);
+        let stored = p.calibrated(Bits::Two, codec.config().calibration.keys, arith);
+        write_params(&mut block[outlier_params.range()], i, stored);
         codes
             .iter_mut()
             .zip(column())
@@ -344,7 +354,8 @@ fn encode_per_channel(codec: &Codec, bits: Bits, rows: &[f32], kept: &[bool], bl
     for c in 0..d {
         let column = || rows.iter().skip(c).step_by(d).copied();
         let p: AffineParams = affine::fit(arith, bits, kept_column(rows, kept, d, c));
-        write_params(&mut block[params.range()], c, p);
+        let stored = p.calibrated(bits, codec.config().calibration.keys, arith);
+        write_params(&mut block[params.range()], c, stored);
         column_codes
             .iter_mut()
             .zip(column())

@@ -16,6 +16,7 @@ mod affine;
 mod arith;
 pub mod attention;
 mod blocks;
+pub mod borrow;
 mod convert;
 mod keys;
 mod outliers;
@@ -32,6 +33,7 @@ use vidkv_core::{
     Capability, ChannelMask, Codec, Error, HeadTensor, KvQuantBackend, Operation, Result,
 };
 
+pub use borrow::{decode_borrowed_key_blocks, decode_borrowed_value_blocks};
 pub use convert::{check_finite, to_f32};
 pub use keys::{decode_key_blocks, encode_key_blocks, lane_value};
 pub use outliers::{ChannelRanges, layer_outliers};

@@ -9,6 +9,7 @@ use vidkv_core::pack::{f16_at, pack_codes, pack_trits, unpack_codes, unpack_trit
 use vidkv_core::{AffineParams, Bits, Codec, Error, Result, ValueLayout, ValueScheme};
 
 use crate::blocks::{BlockIo, read_params, write_params};
+use crate::borrow::{self, Half};
 use crate::{affine, ternary};
 
 /// Encodes row-major `[blocks·G, D]` values into `out` (`blocks · value_block_bytes`).
@@ -27,6 +28,11 @@ pub fn encode_value_blocks_masked(
     excluded: Option<&[u8]>,
     out: &mut [u8],
 ) -> Result<()> {
+    if codec.is_borrowing() {
+        return borrow::encode_params_only(codec, Half::Values, out, |full, blocks| {
+            encode_value_blocks_masked(full, input, excluded, blocks)
+        });
+    }
     let io = BlockIo::for_encode(codec, input, out.len(), codec.value_block_bytes())?;
     let mask_bytes = codec.group() / 8;
     let blocks = input.len() / codec.block_elements();
@@ -53,6 +59,9 @@ pub fn encode_value_blocks_masked(
 
 /// Decodes value blocks into row-major f32 `[blocks·G, D]`.
 pub fn decode_value_blocks(codec: &Codec, encoded: &[u8], out: &mut [f32]) -> Result<()> {
+    if codec.is_borrowing() {
+        return Err(borrow::needs_lender());
+    }
     let io = BlockIo::for_decode(codec, encoded.len(), codec.value_block_bytes(), out.len())?;
     for (i, (block, rows)) in io.blocks_mut(encoded, out).enumerate() {
         let decoded = match codec.value_layout() {
@@ -180,7 +189,8 @@ fn encode_per_token(
             .enumerate()
         {
             let p = affine::fit(arith, bits, part.iter().copied());
-            write_params(&mut block[params.range()], t * groups + gi, p);
+            let stored = p.calibrated(bits, codec.config().calibration.values, arith);
+            write_params(&mut block[params.range()], t * groups + gi, stored);
             out.iter_mut()
                 .zip(part)
                 .for_each(|(code, &x)| *code = affine::encode(arith, bits, p, x));
@@ -246,7 +256,8 @@ fn encode_per_channel(
         } else {
             affine::fit(arith, bits, column())
         };
-        write_params(&mut block[params.range()], c, p);
+        let stored = p.calibrated(bits, codec.config().calibration.values, arith);
+        write_params(&mut block[params.range()], c, stored);
         for (&t, x) in kept.iter().zip(column()) {
             all[t * d + c] = affine::encode(arith, bits, p, x);
         }

@@ -473,6 +473,7 @@ fn damaged_blocks_give_typed_errors_in_attention() {
                     sinks: None,
                     residual: None,
                     out: &mut out,
+                    lender: None,
                 },
             )
         };

@@ -330,7 +330,7 @@ fn every_scheme_and_shape_roundtrips_with_bounded_error() {
                 let bound = match scheme {
                     Scheme::Kivi4 => 0.12,
                     Scheme::Kivi2 | Scheme::Pc2 | Scheme::Ott2 => 0.55,
-                    Scheme::Vidkv | Scheme::VidkvPaper | Scheme::VidkvStp => 0.9,
+                    Scheme::Vidkv | Scheme::VidkvPaper | Scheme::VidkvStp | Scheme::Xquant => 0.9,
                     // Keys decode to a direction estimate (cosine ≈ √(2/π) at b = D).
                     Scheme::H1b => 0.9,
                 };

@@ -244,6 +244,7 @@ fn attend(codec: &Codec, keys: &[u8], values: &[u8], blocks: usize) -> vidkv_cor
             salient: None,
             sinks: None,
             residual: None,
+            lender: None,
             out: &mut out,
         },
     )

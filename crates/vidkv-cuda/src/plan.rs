@@ -8,8 +8,9 @@ use half::f16;
 use vidkv_core::backend::{AttentionArgs, DenseRows, SalientArgs};
 use vidkv_core::cache::salient_codec;
 use vidkv_core::{
-    Arithmetic, Capability, ChannelMask, Codec, DType, Error, KeyLayout, KeyScheme, LaneRule,
-    Operation, OutlierScope, Result, TernaryScale, Transform, ValueLayout, ValueScheme,
+    Arithmetic, Bits, Calibration, Capability, ChannelMask, Codec, DType, Error, KeyLayout,
+    KeyScheme, LaneRule, Operation, OutlierScope, Result, TernaryScale, Transform, ValueLayout,
+    ValueScheme,
 };
 
 use crate::params::{
@@ -24,17 +25,7 @@ const TRACED_KEYS: &str =
 /// What the CUDA kernels run: every configuration, except that key blocks with traced tokens
 /// (OTT) are neither encoded, decoded nor attended (value blocks do not depend on tracing).
 pub fn capability(op: Operation, codec: &Codec) -> Capability {
-    let touches_keys = matches!(
-        op,
-        Operation::EncodeKeys | Operation::DecodeKeys | Operation::Attend
-    );
-    if let Some(reason) = unsupported_reason(codec) {
-        Capability::Unsupported(reason)
-    } else if touches_keys && codec.config().traced_tokens > 0 {
-        Capability::Unsupported(TRACED_KEYS)
-    } else {
-        Capability::Supported
-    }
+    unsupported(op, codec).map_or(Capability::Supported, Capability::Unsupported)
 }
 
 /// [`Error::Unsupported`] for an operation that [`capability`] refuses.
@@ -128,15 +119,6 @@ pub struct Launch {
 
 fn off(s: vidkv_core::Section) -> i32 {
     s.offset as i32
-}
-
-/// Why the kernels cannot run `codec`, if they cannot: H1B-KV sign-sketch keys have no CUDA
-/// kernels (every operation on such a codec reports [`vidkv_core::Capability::Unsupported`]).
-pub fn unsupported_reason(codec: &Codec) -> Option<&'static str> {
-    match codec.config().keys {
-        KeyScheme::SignSketch { .. } => Some("H1B-KV sign-sketch keys have no CUDA kernels"),
-        _ => None,
-    }
 }
 
 /// The codec as the kernels see it.
@@ -324,6 +306,39 @@ pub fn encode_smem(codec: &Codec) -> usize {
 pub fn decode_smem(codec: &Codec) -> usize {
     let (g, d) = (codec.group(), codec.head_dim());
     4 * (2 * d + g * lanes(codec).max(1))
+}
+
+/// Why the CUDA kernels cannot run `op` for `codec`, if they cannot: layers that borrow their
+/// codes (XQuant cross-layer sharing), 1-bit min/max codes, and encoding with XQuant's
+/// endpoint calibration run on the CPU backends only.
+pub fn unsupported(op: Operation, codec: &Codec) -> Option<&'static str> {
+    let cfg = codec.config();
+    let one_bit = matches!(cfg.keys, KeyScheme::PerChannel { bits: Bits::One })
+        || matches!(
+            cfg.values,
+            ValueScheme::PerToken { bits: Bits::One } | ValueScheme::PerChannel { bits: Bits::One }
+        );
+    let encode = matches!(
+        op,
+        Operation::EncodeKeys | Operation::EncodeValues | Operation::EncodeValuesMasked
+    );
+    let touches_keys = matches!(
+        op,
+        Operation::EncodeKeys | Operation::DecodeKeys | Operation::Attend
+    );
+    if let KeyScheme::SignSketch { .. } = cfg.keys {
+        Some("H1B-KV sign-sketch keys have no CUDA kernels")
+    } else if touches_keys && cfg.traced_tokens > 0 {
+        Some(TRACED_KEYS)
+    } else if codec.is_borrowing() {
+        Some("layers that borrow their codes (XQuant sharing) have no CUDA kernel")
+    } else if one_bit {
+        Some("1-bit min/max codes have no CUDA kernel")
+    } else if encode && cfg.calibration != Calibration::NONE {
+        Some("the XQuant-calibrated encoders have no CUDA kernel")
+    } else {
+        None
+    }
 }
 
 /// Checks an encode call like the scalar backend and returns the number of blocks.
@@ -758,6 +773,11 @@ pub fn attention_jobs<B>(
     info: &dyn Fn(&B) -> (u64, usize),
 ) -> Result<Vec<AttnJob>> {
     require(Operation::Attend, codec)?;
+    if a.lender.is_some() {
+        return Err(Error::InvalidConfig {
+            reason: "lender blocks given to a layer that owns its codes",
+        });
+    }
     let d = codec.head_dim();
     let nq = a.query_heads;
     if nq == 0 {
@@ -860,7 +880,7 @@ mod tests {
     #[test]
     fn sign_sketch_codecs_are_unsupported_not_panics() {
         let c = codec(Scheme::H1b, 128, 32);
-        assert!(unsupported_reason(&c).is_some());
+        assert!(unsupported(Operation::Attend, &c).is_some());
         assert!(matches!(
             require(Operation::Attend, &c),
             Err(Error::Unsupported {

@@ -56,6 +56,7 @@ fn traced_key_operations_are_unsupported() {
             salient: None,
             sinks: None,
             residual: None,
+            lender: None,
             out: &mut out,
         };
         let r = plan::attention_jobs(&c, &args, &|b: &Vec<u8>| (0, b.len()));

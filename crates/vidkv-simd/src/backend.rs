@@ -135,21 +135,22 @@ impl KvQuantBackend for SimdBackend {
 
     /// A streaming-cache job ([`AttentionArgs`]) through [`crate::attend_head`]: the sinks and
     /// the residual ring are gathered into one contiguous f16 tail (attention does not depend on
-    /// token order). Jobs with salient tokens or a softmax scale other than `1/√D` run the scalar
-    /// kernel, and so do traced-token (OTT) configurations that the SIMD kernel does not cover
-    /// (anything but mixed keys + ternary values, or the scalar level), so that they stay fused,
-    /// and sign-sketch keys with values other than per-token min/max.
+    /// token order). Jobs with salient tokens, a softmax scale other than `1/√D`, layers that
+    /// borrow their codes (XQuant sharing) and configurations without a SIMD kernel run the
+    /// scalar backend's fused kernel, which works on the packed blocks (never decoding the
+    /// cache). SIMD kernels: mixed keys + ternary values (also with traced tokens, above the
+    /// scalar level) and sign-sketch keys with per-token min/max values; everything else (KIVI,
+    /// `pc2`, `xquant`, `ott2`) runs the scalar fused kernel.
     fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
         let d = codec.head_dim();
         let default_scale = 1.0 / libm::sqrtf(d as f32);
-        let kernel = self.level != Level::Scalar && crate::kernel::covers(codec);
-        let traced_off_kernel = codec.config().traced_tokens > 0 && !kernel;
-        let sketch_without_kernel =
-            crate::sketch::sketch_keys(codec) && !crate::sketch::handles(codec);
+        let mixed_kernel = self.level != Level::Scalar && crate::kernel::covers(codec);
+        let sketch_kernel = crate::sketch::sketch_keys(codec) && crate::sketch::handles(codec);
         if args.salient.is_some()
             || args.scale != default_scale
-            || traced_off_kernel
-            || sketch_without_kernel
+            || args.lender.is_some()
+            || codec.is_borrowing()
+            || !(mixed_kernel || sketch_kernel)
         {
             return ScalarBackend.attend(codec, args);
         }

@@ -130,12 +130,12 @@ pub fn attention_layers(file: &TensorFile) -> Result<Vec<AttnLayer>> {
 }
 
 /// A `[a, b, D]` tensor of the file as f32.
-struct Rows {
-    data: Vec<f32>,
-    shape: [usize; 3],
+pub(crate) struct Rows {
+    pub(crate) data: Vec<f32>,
+    pub(crate) shape: [usize; 3],
 }
 
-fn rows(file: &TensorFile, name: &str) -> Result<Rows> {
+pub(crate) fn rows(file: &TensorFile, name: &str) -> Result<Rows> {
     let located = |e: Error| e.in_tensor(name).in_file(file.label());
     let st = file.parse()?;
     let view = st.tensor(name).map_err(|e| located(Error::from(e)))?;
@@ -161,13 +161,13 @@ fn rows(file: &TensorFile, name: &str) -> Result<Rows> {
 }
 
 /// Head `h` of a `[heads, t, d]` tensor.
-fn head(x: &Rows, h: usize) -> &[f32] {
+pub(crate) fn head(x: &Rows, h: usize) -> &[f32] {
     let [_, t, d] = x.shape;
     &x.data[h * t * d..][..t * d]
 }
 
 /// Exact attention of one query over `n` rows (f64): output and weights.
-fn exact(
+pub(crate) fn exact(
     keys: &[f32],
     values: &[f32],
     d: usize,

@@ -22,6 +22,7 @@
 pub mod attention;
 pub mod attn_eval;
 pub mod bench;
+pub mod cross_layer;
 pub mod error;
 pub mod eval;
 pub mod options;

@@ -2,8 +2,8 @@
 //! every preset with the same group size or the same ternary scale.
 
 use vidkv_core::{
-    Arithmetic, Codec, GroupSize, HeadDim, KeyScheme, LaneRule, QuantConfig, Scheme, SketchBits,
-    TernaryScale, Transform, ValueScheme,
+    Arithmetic, Bits, Codec, GroupSize, HeadDim, KeyScheme, LaneRule, QuantConfig, Scheme,
+    SketchBits, TernaryScale, Transform, ValueScheme,
 };
 
 use crate::error::{ErrorKind, Result};
@@ -27,6 +27,14 @@ pub struct SchemeOptions {
     pub sketch_bits: Option<SketchBits>,
     /// Projection seed of sign-sketch keys (h1b; ignored for other keys).
     pub seed: Option<u32>,
+    /// Code width of min/max keys (ignored for mixed-precision keys).
+    pub key_bits: Option<Bits>,
+    /// Code width of min/max values (ignored for ternary values).
+    pub value_bits: Option<Bits>,
+    /// XQuant calibration η of key min/max groups (every scheme that has them).
+    pub eta_keys: Option<f32>,
+    /// XQuant calibration η of value min/max groups.
+    pub eta_values: Option<f32>,
 }
 
 impl Default for SchemeOptions {
@@ -40,6 +48,10 @@ impl Default for SchemeOptions {
             traced_tokens: None,
             sketch_bits: None,
             seed: None,
+            key_bits: None,
+            value_bits: None,
+            eta_keys: None,
+            eta_values: None,
         }
     }
 }
@@ -74,8 +86,25 @@ impl SchemeOptions {
         if let Some(a) = self.arithmetic {
             config.arithmetic = a;
         }
-        if let Some(n) = self.traced_tokens {
+        // Sign-sketch keys have neither traced tokens nor key min/max groups: a sweep over every
+        // preset leaves them as they are.
+        let sketch = matches!(config.keys, KeyScheme::SignSketch { .. });
+        if let (Some(n), false) = (self.traced_tokens, sketch) {
             config.traced_tokens = n;
+        }
+        if let (KeyScheme::PerChannel { bits }, Some(b)) = (&mut config.keys, self.key_bits) {
+            *bits = b;
+        }
+        if let (ValueScheme::PerToken { bits } | ValueScheme::PerChannel { bits }, Some(b)) =
+            (&mut config.values, self.value_bits)
+        {
+            *bits = b;
+        }
+        if let (Some(eta), false) = (self.eta_keys, sketch) {
+            config.calibration.keys = eta;
+        }
+        if let Some(eta) = self.eta_values {
+            config.calibration.values = eta;
         }
         config
     }

@@ -33,7 +33,8 @@ pub struct Quantized {
     pub outliers: Option<ChannelMask>,
     /// Encoded blocks per head, exactly as the backend produced them.
     pub encoded: Vec<Vec<u8>>,
-    /// Decoded values, `[heads, quantized_tokens, head_dim]`.
+    /// Decoded values, `[heads, quantized_tokens, head_dim]`; empty for a codec that borrows its
+    /// codes (its blocks decode with the lender's, see `vidkv::cross_layer`).
     pub decoded: Vec<f32>,
     /// Time spent in the backend's encode calls (summed over heads). An asynchronous backend
     /// must finish its work inside the call for this to mean anything; none of the encode and
@@ -170,11 +171,15 @@ fn quantize_head<B: KvQuantBackend>(
         KvKind::Key => backend.encode_keys(codec, input(), mask.as_ref(), &mut encoded),
         KvKind::Value => backend.encode_values(codec, input(), &mut encoded),
     })?;
+    q.encoded.push(backend.download(&encoded)?);
+    if codec.is_borrowing() {
+        // Parameter-only blocks decode with their lender's codes: nothing to decode alone.
+        return Ok(());
+    }
     q.decode_time += fastest(repeats, || match kind {
         KvKind::Key => backend.decode_keys(codec, &encoded, blocks, &mut decoded),
         KvKind::Value => backend.decode_values(codec, &encoded, blocks, &mut decoded),
     })?;
-    q.encoded.push(backend.download(&encoded)?);
     let rows = f32_from_le(
         &backend.download(&decoded)?,
         blocks * codec.block_elements(),

@@ -17,6 +17,7 @@ use vidkv_core::container::{Container, ContainerWriter, HeadSection, LayerInput}
 use vidkv_core::{
     Arithmetic, ChannelMask, Codec, DType, KeyScheme, KvQuantBackend, OutlierScope, Scheme,
 };
+use vidkv_cpu::borrow::{Half, splice_blocks};
 
 use crate::error::{Error, Result};
 use crate::options::SchemeOptions;
@@ -98,6 +99,31 @@ pub fn pack<B: KvQuantBackend>(
     scheme: Scheme,
     options: &SchemeOptions,
 ) -> Result<Packed> {
+    pack_sharing(backend, file, scheme, options, None)
+}
+
+/// Whether the layer of `pairs[i]` borrows the codes of `pairs[i − 1]` under XQuant sharing
+/// from layer `from`: an odd layer ≥ `from` right after its predecessor, same heads and tokens.
+fn borrows_previous(pairs: &[(KvTensor<'_>, KvTensor<'_>)], i: usize, from: Option<u32>) -> bool {
+    let layer = |t: &KvTensor<'_>| KvKind::of_name(t.name()).map(|(_, l)| l);
+    let (Some(from), Some(prev)) = (from, i.checked_sub(1).and_then(|p| pairs.get(p))) else {
+        return false;
+    };
+    let (k, p) = (&pairs[i].0, &prev.0);
+    matches!((layer(k), layer(p)), (Some(l), Some(pl)) if l >= from && l % 2 == 1 && pl + 1 == l)
+        && (k.heads(), k.tokens()) == (p.heads(), p.tokens())
+}
+
+/// [`pack`] with XQuant cross-layer code sharing from layer `cross_layer` on: every odd layer
+/// ≥ it whose predecessor is in the file stores only its parameters and borrows the
+/// predecessor's codes ([`vidkv_core::Codec::borrowing`]); the scheme must be able to borrow.
+pub fn pack_sharing<B: KvQuantBackend>(
+    backend: &B,
+    file: &TensorFile,
+    scheme: Scheme,
+    options: &SchemeOptions,
+    cross_layer: Option<u32>,
+) -> Result<Packed> {
     if scheme.salient_fraction().is_some() {
         return Err(invalid(
             "the .vkv container (version 1) has no salient-token section: pack with the \
@@ -113,10 +139,23 @@ pub fn pack<B: KvQuantBackend>(
                 .in_file(file.label()),
         );
     }
-    let codec = options.codec(scheme, head_dim)?;
-    let mut writer = ContainerWriter::new(&codec);
+    let owning = options.codec(scheme, head_dim)?;
+    let borrowing = match cross_layer {
+        Some(_) => Some(
+            owning
+                .borrowing()
+                .map_err(|e| Error::from(e).in_file(file.label()))?,
+        ),
+        None => None,
+    };
+    let mut writer = ContainerWriter::new(&owning);
     let mut layers = Vec::with_capacity(pairs.len());
-    for (k, v) in &pairs {
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let lender = borrows_previous(&pairs, i, cross_layer).then(|| i - 1);
+        let codec = match (lender, &borrowing) {
+            (Some(_), Some(b)) => *b,
+            _ => owning,
+        };
         let kq = quantize(backend, &codec, k).map_err(|e| e.in_file(file.label()))?;
         let vq = quantize(backend, &codec, v).map_err(|e| e.in_file(file.label()))?;
         let outliers = match codec.config().keys {
@@ -146,16 +185,19 @@ pub fn pack<B: KvQuantBackend>(
                 tail_values: &tails[h].1,
             })
             .collect();
-        writer
-            .add_layer(&LayerInput {
-                key_name: k.name(),
-                value_name: v.name(),
-                blocks: kq.blocks_per_head,
-                tail_tokens: kq.remainder_tokens,
-                outliers: outliers.as_ref(),
-                heads: &heads,
-            })
-            .map_err(|e| Error::from(e).in_tensor(k.name()).in_file(file.label()))?;
+        let input = LayerInput {
+            key_name: k.name(),
+            value_name: v.name(),
+            blocks: kq.blocks_per_head,
+            tail_tokens: kq.remainder_tokens,
+            outliers: outliers.as_ref(),
+            heads: &heads,
+        };
+        match lender {
+            Some(j) => writer.add_borrowing_layer(&input, j),
+            None => writer.add_layer(&input),
+        }
+        .map_err(|e| Error::from(e).in_tensor(k.name()).in_file(file.label()))?;
         layers.push((k.name().to_owned(), v.name().to_owned()));
     }
     Ok(Packed {
@@ -199,16 +241,35 @@ pub fn unpack<B: KvQuantBackend>(backend: &B, bytes: &[u8], label: &str) -> Resu
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for layer in file.layers() {
         let tokens = layer.tokens(&codec);
+        // A layer that borrows its codes decodes its blocks spliced with its lender's.
+        let lender = layer.lender.and_then(|j| file.layers().get(j));
         for (keys, name) in [(true, layer.key_name), (false, layer.value_name)] {
             let mut data = Vec::with_capacity(layer.heads.len() * tokens * d * 2);
-            for head in &layer.heads {
+            for (h, head) in layer.heads.iter().enumerate() {
                 let (blocks, tail) = if keys {
                     (head.key_blocks, head.tail_keys)
                 } else {
                     (head.value_blocks, head.tail_values)
                 };
-                let rows = decode_head(backend, &codec, keys, blocks, layer.blocks)
-                    .map_err(|e| Error::from(e).in_tensor(name).in_file(label))?;
+                let located = |e: vidkv_core::Error| Error::from(e).in_tensor(name).in_file(label);
+                let spliced = match lender.and_then(|l| l.heads.get(h)) {
+                    Some(l) => {
+                        let (half, lent) = if keys {
+                            (Half::Keys, l.key_blocks)
+                        } else {
+                            (Half::Values, l.value_blocks)
+                        };
+                        let borrowing = codec.borrowing().map_err(located)?;
+                        Some(
+                            splice_blocks(&borrowing, &codec, half, blocks, lent)
+                                .map_err(located)?,
+                        )
+                    }
+                    None => None,
+                };
+                let blocks = spliced.as_deref().unwrap_or(blocks);
+                let rows =
+                    decode_head(backend, &codec, keys, blocks, layer.blocks).map_err(located)?;
                 data.extend(
                     rows.iter()
                         .flat_map(|&x| f16::from_f32(x.clamp(-65504.0, 65504.0)).to_le_bytes()),
@@ -255,6 +316,8 @@ pub struct LayerInfo {
     pub tail_tokens: usize,
     /// Layer-scope outlier channels, if any.
     pub outlier_channels: Option<Vec<usize>>,
+    /// The layer whose codes this layer borrows (XQuant cross-layer sharing), if any.
+    pub lender: Option<usize>,
 }
 
 /// What `vidkv inspect` reports.
@@ -376,6 +439,7 @@ pub fn inspect(bytes: &[u8], label: &str) -> Result<Inspection> {
                 blocks: l.blocks,
                 tail_tokens: l.tail_tokens,
                 outlier_channels: l.outliers.map(|m| m.outliers(codec.head_dim()).collect()),
+                lender: l.lender,
             })
             .collect(),
         file_bytes: file.file_len(),

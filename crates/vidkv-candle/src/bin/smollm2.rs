@@ -98,6 +98,11 @@ struct Args {
     /// Skip the teacher-forced evaluation.
     #[arg(long)]
     skip_eval: bool,
+    /// XQuant cross-layer code sharing: each `kvcache` scheme whose blocks can borrow codes
+    /// (min/max keys and values) also runs as `<scheme>+share<FROM>`, where every odd layer
+    /// ≥ FROM stores only its own parameters and decodes with the previous layer's codes.
+    #[arg(long, value_name = "FROM")]
+    cross_layer: Option<usize>,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
@@ -297,12 +302,20 @@ fn run(args: &Args) -> Result<()> {
         let (scheme, values) = vidkv_candle::kvcache::parse_scheme(name)
             .ok_or_else(|| err(format!("unknown scheme {name}")))?;
         match args.cache.as_str() {
-            "kvcache" => factories.push(Box::new(VidkvFactory {
-                scheme,
-                values,
-                group,
-                streaming,
-            })),
+            "kvcache" => {
+                let base = VidkvFactory {
+                    scheme,
+                    values,
+                    group,
+                    streaming,
+                };
+                factories.push(Box::new(base));
+                if let Some(from) = args.cross_layer
+                    && let Ok(sharing) = vidkv_candle::SharingFactory::new(base, from)
+                {
+                    factories.push(Box::new(sharing));
+                }
+            }
             "adapter" if values.is_some() => {
                 return Err(err("`+values` variants need --cache kvcache".into()));
             }
@@ -318,7 +331,11 @@ fn run(args: &Args) -> Result<()> {
         if let Some(v) = values {
             config.values = v;
         }
-        codecs.push(Some(Codec::new(config)?));
+        // A sharing variant's block bytes per token are reported for its owning layers
+        // (`bytes_per_token`, measured from the caches, counts the borrowing layers' savings).
+        while codecs.len() < factories.len() {
+            codecs.push(Some(Codec::new(config)?));
+        }
     }
     let runner = Runner { model, factories };
     let n = runner.factories.len();

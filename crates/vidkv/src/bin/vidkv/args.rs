@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vidkv::{
-    Arithmetic, GroupSize, Result, Scheme, SchemeOptions, SketchBits, TernaryScale, Transform,
+    Arithmetic, Bits, GroupSize, Result, Scheme, SchemeOptions, SketchBits, TernaryScale, Transform,
 };
 
 /// 1.5–1.6-bit KV-cache quantization (VidKV) with KIVI and per-channel baselines.
@@ -59,6 +59,12 @@ pub struct EvalArgs {
     /// Skip the attention metrics.
     #[arg(long)]
     pub no_attention: bool,
+    /// XQuant cross-layer code sharing from layer FROM on: every odd layer ≥ FROM whose
+    /// predecessor is in the file borrows its codes; reports each layer with and without
+    /// sharing (bits codes-only and all-in, tensor and attention errors) instead of the
+    /// per-tensor table. Default scheme: xquant.
+    #[arg(long, value_name = "FROM")]
+    pub cross_layer: Option<u32>,
     /// Overrides on top of each preset.
     #[command(flatten)]
     pub quant: QuantArgs,
@@ -102,6 +108,20 @@ pub struct QuantArgs {
     /// statistics (all schemes; at most G/4; 0 turns tracing off, e.g. for ott2).
     #[arg(long, value_name = "N")]
     pub trace_tokens: Option<u8>,
+    /// XQuant endpoint calibration η of key min/max groups (per-channel keys and the 2-bit
+    /// outlier channels of mixed keys), 0 ≤ η < 0.5; XQuant uses 0, 1/6, 2/6 for 1-bit and
+    /// 0, 0.045, 0.09 for 2-bit groups.
+    #[arg(long, value_name = "ETA")]
+    pub eta_keys: Option<f32>,
+    /// Code width of min/max keys: 1, 2 or 4 (per-channel keys only).
+    #[arg(long, value_name = "B")]
+    pub key_bits: Option<u32>,
+    /// Code width of min/max values: 1, 2 or 4 (per-token and per-channel values only).
+    #[arg(long, value_name = "B")]
+    pub value_bits: Option<u32>,
+    /// XQuant calibration η of value min/max groups (per-token and per-channel values).
+    #[arg(long, value_name = "ETA")]
+    pub eta_values: Option<f32>,
     #[command(flatten)]
     pub sketch: SketchArgs,
 }
@@ -181,6 +201,10 @@ impl QuantArgs {
                 ArithmeticArg::Reference => Arithmetic::Reference,
             }),
             traced_tokens: self.trace_tokens,
+            key_bits: self.key_bits.map(Bits::new).transpose()?,
+            value_bits: self.value_bits.map(Bits::new).transpose()?,
+            eta_keys: self.eta_keys,
+            eta_values: self.eta_values,
             ..SchemeOptions::default()
         })
     }

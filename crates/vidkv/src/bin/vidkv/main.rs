@@ -53,6 +53,9 @@ fn stdout_error(e: io::Error) -> Error {
 /// `vidkv eval`: loads every file and checks every (tensor, scheme) before printing anything, so
 /// bad input fails fast and alone, then prints one row per (tensor, scheme).
 fn eval<B: KvQuantBackend>(backend: &B, a: &EvalArgs) -> Result<()> {
+    if let Some(from) = a.cross_layer {
+        return cross_layer(backend, a, from);
+    }
     let schemes = args::schemes(&a.schemes)?;
     let options = a.quant.options()?;
     let files = if a.files.is_empty() {
@@ -119,6 +122,32 @@ fn eval<B: KvQuantBackend>(backend: &B, a: &EvalArgs) -> Result<()> {
             for row in &rows {
                 report.attn_row(row).map_err(stdout_error)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// `vidkv eval --cross-layer FROM`: one row per layer, then the averages over the file.
+fn cross_layer<B: KvQuantBackend>(backend: &B, a: &EvalArgs, from: u32) -> Result<()> {
+    let schemes = if a.schemes.is_empty() {
+        vec![Scheme::Xquant]
+    } else {
+        args::schemes(&a.schemes)?
+    };
+    let options = a.quant.options()?;
+    let attn = vidkv::attn_eval::AttnOptions {
+        residual: a.residual,
+        sinks: a.sinks,
+    };
+    let attn = (!a.no_attention).then_some(&attn);
+    let mut out = io::stdout().lock();
+    for path in &a.files {
+        let file = TensorFile::read(path)?;
+        for &scheme in &schemes {
+            let rows = vidkv::cross_layer::evaluate_cross_layer(
+                backend, &file, scheme, &options, from, attn,
+            )?;
+            report::cross_layer(&mut out, a.json, &rows).map_err(stdout_error)?;
         }
     }
     Ok(())

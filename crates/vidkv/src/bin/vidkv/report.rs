@@ -117,3 +117,89 @@ impl<W: Write> Report<W> {
         self.out.flush()
     }
 }
+
+/// The `vidkv eval --cross-layer` report: one row per layer (JSON lines with `json`), then the
+/// averages over the layers (equal weight: every layer has the same shape in a model dump).
+pub fn cross_layer(
+    out: &mut impl Write,
+    json: bool,
+    rows: &[vidkv::cross_layer::CrossLayerRow],
+) -> io::Result<()> {
+    if json {
+        for r in rows {
+            let line = serde_json::to_string(r).map_err(io::Error::other)?;
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "{} — {} (own codes | shared)",
+        first.file, first.scheme
+    )?;
+    writeln!(
+        out,
+        "{:>5} {:>6} {:>15} {:>15} {:>17} {:>17} {:>17}",
+        "layer",
+        "lender",
+        "code bits",
+        "bits all-in",
+        "key rel_error",
+        "value rel_error",
+        "attn rel_error"
+    )?;
+    let opt = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+    for r in rows {
+        writeln!(
+            out,
+            "{:>5} {:>6} {:>7.3}|{:<7.3} {:>7.3}|{:<7.3} {:>8.4}|{:<8.4} {:>8.4}|{:<8.4} {:>8}|{:<8}",
+            r.layer,
+            r.lender.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            r.code_bits,
+            r.code_bits_shared,
+            r.bits,
+            r.bits_shared,
+            r.key_error,
+            r.key_error_shared,
+            r.value_error,
+            r.value_error_shared,
+            opt(r.attn_error),
+            opt(r.attn_error_shared),
+        )?;
+    }
+    let n = rows.len() as f64;
+    let mean =
+        |f: &dyn Fn(&vidkv::cross_layer::CrossLayerRow) -> f64| rows.iter().map(f).sum::<f64>() / n;
+    let attn: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.attn_error.zip(r.attn_error_shared))
+        .collect();
+    let attn_mean = |i: usize| {
+        (!attn.is_empty()).then(|| {
+            attn.iter()
+                .map(|p| if i == 0 { p.0 } else { p.1 })
+                .sum::<f64>()
+                / attn.len() as f64
+        })
+    };
+    writeln!(
+        out,
+        "{:>5} {:>6} {:>7.3}|{:<7.3} {:>7.3}|{:<7.3} {:>8.4}|{:<8.4} {:>8.4}|{:<8.4} {:>8}|{:<8}",
+        "mean",
+        rows.iter().filter(|r| r.lender.is_some()).count(),
+        mean(&|r| r.code_bits),
+        mean(&|r| r.code_bits_shared),
+        mean(&|r| r.bits),
+        mean(&|r| r.bits_shared),
+        mean(&|r| r.key_error),
+        mean(&|r| r.key_error_shared),
+        mean(&|r| r.value_error),
+        mean(&|r| r.value_error_shared),
+        opt(attn_mean(0)),
+        opt(attn_mean(1)),
+    )?;
+    writeln!(out)
+}

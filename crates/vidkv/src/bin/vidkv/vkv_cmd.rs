@@ -15,9 +15,14 @@ pub struct PackArgs {
     pub input: PathBuf,
     /// Output `.vkv` file (overwritten).
     pub output: PathBuf,
-    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2, h1b.
+    /// Preset: vidkv, vidkv-paper, kivi2, kivi4, pc2, vidkv-stp, ott2, h1b, xquant.
     #[arg(long, value_name = "NAME")]
     pub scheme: String,
+    /// XQuant cross-layer code sharing from layer FROM on: every odd layer ≥ FROM right after
+    /// its predecessor stores only its parameters and borrows the predecessor's codes
+    /// (min/max schemes only: xquant, kivi2, kivi4, pc2).
+    #[arg(long, value_name = "FROM")]
+    pub cross_layer: Option<u32>,
     /// Overrides on top of the preset.
     #[command(flatten)]
     pub quant: QuantArgs,
@@ -57,7 +62,7 @@ pub fn pack<B: KvQuantBackend>(backend: &B, a: &PackArgs) -> Result<()> {
     let scheme = vidkv::parse_scheme(&a.scheme)?;
     let options = a.quant.options()?;
     let input = TensorFile::read(&a.input)?;
-    let packed = vidkv::vkv::pack(backend, &input, scheme, &options)?;
+    let packed = vidkv::vkv::pack_sharing(backend, &input, scheme, &options, a.cross_layer)?;
     let label = a.output.display().to_string();
     std::fs::write(&a.output, &packed.bytes).map_err(|e| io_error(e, &label))?;
     let info = vidkv::vkv::inspect(&packed.bytes, &label)?;
@@ -101,6 +106,9 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             );
             if let Some(ch) = &l.outlier_channels {
                 s += &format!(", layer outlier channels {ch:?}");
+            }
+            if let Some(j) = l.lender {
+                s += &format!(", borrows the codes of layer #{j}");
             }
             s += "\n";
         }
