@@ -35,6 +35,11 @@ impl ChannelRanges {
         }
     }
 
+    /// Per-channel minimum and maximum so far.
+    pub fn bounds(&self) -> (&[f32], &[f32]) {
+        (&self.lo, &self.hi)
+    }
+
     /// The `k` channels of largest range (the range rounded to f16 under reference arithmetic).
     pub fn top(&self, arith: Arithmetic, k: usize) -> ChannelMask {
         let range: Vec<f32> = self

@@ -12,14 +12,14 @@
 
 extern crate alloc;
 
-mod affine;
-mod arith;
+pub mod affine;
+pub mod arith;
 pub mod attention;
 mod blocks;
 mod convert;
 mod keys;
 mod outliers;
-mod ternary;
+pub mod ternary;
 pub mod transform;
 mod values;
 
@@ -31,8 +31,9 @@ use vidkv_core::{
     Capability, ChannelMask, Codec, Error, HeadTensor, KvQuantBackend, Operation, Result,
 };
 
+pub use blocks::{read_params, write_params};
 pub use convert::{check_finite, to_f32};
-pub use keys::{decode_key_blocks, encode_key_blocks, lane_value};
+pub use keys::{decode_key_blocks, encode_key_blocks, lane_scales_of, lane_value};
 pub use outliers::{ChannelRanges, layer_outliers};
 pub use values::{decode_value_blocks, encode_value_blocks, encode_value_blocks_masked};
 

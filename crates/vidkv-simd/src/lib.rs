@@ -17,6 +17,7 @@ pub mod attend;
 mod backend;
 pub mod baseline;
 pub mod bench;
+mod encode;
 mod fft;
 mod kernel;
 pub mod level;

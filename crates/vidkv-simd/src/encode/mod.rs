@@ -1,0 +1,261 @@
+//! SIMD encoders (issue 7): mixed-precision keys and ternary values, written once over the
+//! [`simd::Simd`] vector operations and compiled per instruction set (`x86.rs`: AVX2, AVX-512;
+//! `neon.rs`: NEON) — one module per instruction set, as rustfft does.
+//!
+//! The kernels produce the scalar backend's bytes exactly: statistics are summed in the same
+//! order (vectorised across channels or across tokens, never reassociated), codes are compared
+//! and rounded with the same IEEE operations. A call they do not cover — another scheme,
+//! reference-arithmetic keys, a non-power-of-two DFT, bad shapes or non-finite input (whose
+//! typed error the scalar backend reports) — returns `None` and runs the scalar code.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use vidkv_core::{ChannelMask, Codec, DType, HeadTensor};
+
+use crate::level::Level;
+
+mod keys;
+mod simd;
+mod values;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+use keys::{KeyPlan, KeyScratch};
+use simd::Simd;
+use values::{ValuePlan, ValueScratch};
+
+/// A call's input, validated: whole blocks, finite, within the f16 range.
+pub(crate) enum Source<'a> {
+    /// Little-endian f16 (converted block by block in the kernel).
+    F16(&'a [u8]),
+    /// Already converted (f32 or bf16 input, or reference rounding applied).
+    F32(Vec<f32>),
+}
+
+impl<'a> Source<'a> {
+    /// The input of an encode call producing `out_len` bytes of `block_bytes` blocks, or `None`
+    /// when the scalar backend must run (it reports the error).
+    fn new(
+        codec: &Codec,
+        input: &HeadTensor<'a, Vec<u8>>,
+        out_len: usize,
+        block_bytes: usize,
+    ) -> Option<Self> {
+        let (d, g) = (codec.head_dim(), codec.group());
+        let shape_ok = input.tokens.is_multiple_of(g)
+            && input.data.len() == input.tokens * d * input.dtype.size()
+            && out_len == input.tokens / g * block_bytes;
+        if !shape_ok {
+            return None;
+        }
+        match input.dtype {
+            DType::F16 if f16_all_finite(input.data) => Some(Source::F16(input.data)),
+            DType::F16 => None,
+            _ => vidkv_cpu::to_f32(input.dtype, input.data, codec.config().arithmetic)
+                .ok()
+                .map(Source::F32),
+        }
+    }
+
+    /// Rows of block `b` (`g` rows of `d` values) into `rows`, each row `stride` long.
+    #[inline(always)]
+    unsafe fn block<S: Simd>(&self, b: usize, g: usize, d: usize, stride: usize, rows: &mut [f32]) {
+        let n = g * d;
+        match self {
+            Source::F16(bytes) => {
+                let src = &bytes[2 * b * n..][..2 * n];
+                if stride == d {
+                    // SAFETY: caller's instruction set; `n` is a multiple of N (G is).
+                    unsafe { widen::<S>(src, &mut rows[..n]) };
+                } else {
+                    for (row_in, row_out) in
+                        src.chunks_exact(2 * d).zip(rows.chunks_exact_mut(stride))
+                    {
+                        // SAFETY: as above, on the whole vectors of the row.
+                        unsafe { widen::<S>(row_in, &mut row_out[..d]) };
+                    }
+                }
+            }
+            Source::F32(values) => {
+                for (row_in, row_out) in values[b * n..][..n]
+                    .chunks_exact(d)
+                    .zip(rows.chunks_exact_mut(stride))
+                {
+                    row_out[..d].copy_from_slice(row_in);
+                }
+            }
+        }
+    }
+}
+
+/// Whether no f16 is an infinity or NaN (exponent bits all set).
+fn f16_all_finite(bytes: &[u8]) -> bool {
+    bytes
+        .chunks_exact(2)
+        .fold(true, |ok, h| ok & (h[1] & 0x7c != 0x7c))
+}
+
+/// f16 bytes to f32: whole vectors, then the tail one by one.
+#[inline(always)]
+unsafe fn widen<S: Simd>(src: &[u8], dst: &mut [f32]) {
+    let whole = dst.len() / S::N * S::N;
+    for i in (0..whole).step_by(S::N) {
+        // SAFETY: caller's instruction set; `2·N` bytes and `N` values from `i`.
+        unsafe {
+            S::store(
+                dst.as_mut_ptr().add(i),
+                S::load_f16(src.as_ptr().add(2 * i)),
+            )
+        };
+    }
+    for i in whole..dst.len() {
+        dst[i] = half::f16::from_le_bytes([src[2 * i], src[2 * i + 1]]).to_f32();
+    }
+}
+
+/// Encodes keys at `level`; `None` runs the scalar backend (see the module documentation).
+pub(crate) fn encode_keys(
+    level: Level,
+    codec: &Codec,
+    input: &HeadTensor<'_, Vec<u8>>,
+    outliers: Option<&ChannelMask>,
+    out: &mut [u8],
+) -> Option<()> {
+    let plan = KeyPlan::new(codec, outliers)?;
+    let src = Source::new(codec, input, out.len(), codec.key_block_bytes())?;
+    let bytes = codec.key_block_bytes();
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a backend's level is checked against the CPU when it is chosen.
+        Level::Avx512 => unsafe { x86::keys_avx512(&plan, &src, bytes, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { x86::keys_avx2(&plan, &src, bytes, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Level::Neon => unsafe { neon::keys_neon(&plan, &src, bytes, out) },
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Encodes values at `level`, leaving out the tokens flagged in `excluded` (`G/8` bytes per
+/// block); `None` runs the scalar backend.
+pub(crate) fn encode_values(
+    level: Level,
+    codec: &Codec,
+    input: &HeadTensor<'_, Vec<u8>>,
+    excluded: Option<&[u8]>,
+    out: &mut [u8],
+) -> Option<()> {
+    let src = Source::new(codec, input, out.len(), codec.value_block_bytes())?;
+    let blocks = input.tokens / codec.group();
+    if excluded.is_some_and(|m| m.len() != blocks * codec.group() / 8) {
+        return None;
+    }
+    let bytes = codec.value_block_bytes();
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => {
+            let plan = ValuePlan::new(codec, x86::Avx512::N)?;
+            // SAFETY: a backend's level is checked against the CPU when it is chosen.
+            unsafe { x86::values_avx512(&plan, &src, excluded, bytes, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
+            let plan = ValuePlan::new(codec, x86::Avx2::N)?;
+            // SAFETY: as above.
+            unsafe { x86::values_avx2(&plan, &src, excluded, bytes, out) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => {
+            let plan = ValuePlan::new(codec, neon::Neon::N)?;
+            // SAFETY: as above.
+            unsafe { neon::values_neon(&plan, &src, excluded, bytes, out) }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The key encoder over all blocks of a call.
+#[inline(always)]
+unsafe fn run_keys<S: Simd>(plan: &KeyPlan, src: &Source<'_>, block_bytes: usize, out: &mut [u8]) {
+    let (g, d) = (plan.g(), plan.d());
+    let mut rows = vec![0.0f32; g * d];
+    // SAFETY: caller's instruction set, forwarded.
+    unsafe {
+        let mut scratch = KeyScratch::<S>::new(plan);
+        for (b, block) in out.chunks_exact_mut(block_bytes).enumerate() {
+            src.block::<S>(b, g, d, d, &mut rows);
+            keys::encode_block::<S>(plan, &rows, &mut scratch, block);
+        }
+    }
+}
+
+/// The value encoder over all blocks of a call.
+#[inline(always)]
+unsafe fn run_values<S: Simd>(
+    plan: &ValuePlan,
+    src: &Source<'_>,
+    excluded: Option<&[u8]>,
+    block_bytes: usize,
+    out: &mut [u8],
+) {
+    let (g, d) = (plan.g(), plan.d());
+    let mut rows = vec![0.0f32; g * plan.stride];
+    let mut scratch = ValueScratch::new(plan);
+    for (b, block) in out.chunks_exact_mut(block_bytes).enumerate() {
+        let mask = excluded.map(|m| &m[b * g / 8..][..g / 8]);
+        // SAFETY: caller's instruction set, forwarded.
+        unsafe {
+            src.block::<S>(b, g, d, plan.stride, &mut rows);
+            values::encode_block::<S>(plan, &rows, mask, &mut scratch, block);
+        }
+    }
+}
+
+/// Declares a level's `#[target_feature]` entry points of the encoders.
+macro_rules! entry_points {
+    ($isa:ty, $features:literal, $keys:ident, $values:ident) => {
+        /// Key encoder entry point.
+        ///
+        /// # Safety
+        /// The CPU must have the level's instruction set.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $keys(
+            plan: &super::KeyPlan,
+            src: &super::Source<'_>,
+            block_bytes: usize,
+            out: &mut [u8],
+        ) {
+            // SAFETY: the features are enabled here.
+            unsafe { super::run_keys::<$isa>(plan, src, block_bytes, out) }
+        }
+
+        /// Value encoder entry point.
+        ///
+        /// # Safety
+        /// The CPU must have the level's instruction set.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $values(
+            plan: &super::ValuePlan,
+            src: &super::Source<'_>,
+            excluded: Option<&[u8]>,
+            block_bytes: usize,
+            out: &mut [u8],
+        ) {
+            // SAFETY: the features are enabled here.
+            unsafe { super::run_values::<$isa>(plan, src, excluded, block_bytes, out) }
+        }
+    };
+}
+pub(crate) use entry_points;
+
+#[cfg(test)]
+mod tests;

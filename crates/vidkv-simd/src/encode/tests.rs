@@ -1,0 +1,206 @@
+//! The SIMD encoders against the scalar backend: identical bytes, on every level this CPU runs
+//! and on the portable [`Portable`] vectors (so the kernels are checked on any host).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use half::f16;
+use vidkv_core::{
+    Arithmetic, Codec, DType, GroupSize, HeadDim, HeadTensor, KeyScheme, KvQuantBackend, MixedKeys,
+    OutlierScope, QuantConfig, Scheme, TernaryScale, Transform, ValueScheme,
+};
+use vidkv_cpu::ScalarBackend;
+
+use super::simd::{Portable, Simd};
+use super::*;
+use crate::{Level, SimdBackend};
+
+/// Keys with a few large channels, some exact zeros of both signs and repeated values.
+fn input(tokens: usize, d: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..tokens * d)
+        .flat_map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            let c = i % d;
+            let x = match state % 23 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => 0.5,
+                _ if c % 7 == 3 => u * 9.0,
+                _ => u + 0.2 * (c as f32).sin(),
+            };
+            f16::from_f32(x).to_le_bytes()
+        })
+        .collect()
+}
+
+fn configs() -> Vec<QuantConfig> {
+    let mut out = Vec::new();
+    for (d, g) in [
+        (128, GroupSize::G32),
+        (64, GroupSize::G64),
+        (18, GroupSize::G32),
+        (80, GroupSize::G128),
+    ] {
+        let base = Scheme::Vidkv.config(HeadDim::new(d).unwrap(), g);
+        for transform in [Transform::Fft, Transform::Hadamard, Transform::Identity] {
+            for (r, scale) in [
+                (0.5, TernaryScale::LeastSquares),
+                (0.25, TernaryScale::MeanAbs),
+                (0.0, TernaryScale::Unit),
+            ] {
+                for arithmetic in [Arithmetic::F32, Arithmetic::Reference] {
+                    let mut c = base;
+                    c.keys = KeyScheme::Mixed(MixedKeys {
+                        outlier_ratio: r,
+                        scope: OutlierScope::Block,
+                        transform,
+                        ..MixedKeys::DEFAULT
+                    });
+                    c.values = ValueScheme::Ternary { scale };
+                    c.arithmetic = arithmetic;
+                    if c.validate().is_ok() {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn scalar(
+    codec: &Codec,
+    raw: &[u8],
+    tokens: usize,
+    keys: bool,
+    excluded: Option<&[u8]>,
+) -> Vec<u8> {
+    let input = raw.to_vec();
+    let t = HeadTensor {
+        data: &input,
+        dtype: DType::F16,
+        tokens,
+    };
+    let bytes = if keys {
+        codec.key_block_bytes()
+    } else {
+        codec.value_block_bytes()
+    };
+    let mut out = vec![0u8; tokens / codec.group() * bytes];
+    match (keys, excluded) {
+        (true, _) => ScalarBackend.encode_keys(codec, t, None, &mut out),
+        (false, None) => ScalarBackend.encode_values(codec, t, &mut out),
+        (false, Some(m)) => ScalarBackend.encode_values_masked(codec, t, m, &mut out),
+    }
+    .unwrap();
+    out
+}
+
+#[test]
+fn portable_kernels_match_the_scalar_backend_byte_for_byte() {
+    let mut covered = 0;
+    for config in configs() {
+        let codec = Codec::new(config).unwrap();
+        let (d, g) = (codec.head_dim(), codec.group());
+        let tokens = 3 * g;
+        let raw = input(tokens, d, d as u64 * 31 + g as u64);
+        let mask: Vec<u8> = (0..tokens / 8)
+            .map(|i| [0u8, 0x81, 0xff, 0x10][i % 4])
+            .collect();
+        let t = HeadTensor {
+            data: &raw.to_vec(),
+            dtype: DType::F16,
+            tokens,
+        };
+        let src = Source::new(
+            &codec,
+            &t,
+            tokens / g * codec.value_block_bytes(),
+            codec.value_block_bytes(),
+        )
+        .unwrap();
+        for excluded in [None, Some(&mask[..])] {
+            let plan = ValuePlan::new(&codec, Portable::N).unwrap();
+            let mut got = vec![0u8; tokens / g * codec.value_block_bytes()];
+            // SAFETY: the portable vectors need no instruction set.
+            unsafe {
+                run_values::<Portable>(&plan, &src, excluded, codec.value_block_bytes(), &mut got)
+            };
+            assert_eq!(
+                got,
+                scalar(&codec, &raw, tokens, false, excluded),
+                "{config:?} values, mask {excluded:?}"
+            );
+        }
+        if let Some(plan) = KeyPlan::new(&codec, None) {
+            let mut got = vec![0u8; tokens / g * codec.key_block_bytes()];
+            // SAFETY: the portable vectors need no instruction set.
+            unsafe { run_keys::<Portable>(&plan, &src, codec.key_block_bytes(), &mut got) };
+            assert_eq!(
+                got,
+                scalar(&codec, &raw, tokens, true, None),
+                "{config:?} keys"
+            );
+            covered += 1;
+        }
+    }
+    assert!(
+        covered >= 12,
+        "only {covered} key configurations had a kernel"
+    );
+}
+
+#[test]
+fn every_level_matches_the_scalar_backend_byte_for_byte() {
+    for level in Level::available().filter(|l| *l != Level::Scalar) {
+        let backend = SimdBackend::with_level(level).unwrap();
+        for config in configs() {
+            let codec = Codec::new(config).unwrap();
+            let (d, g) = (codec.head_dim(), codec.group());
+            let tokens = 2 * g;
+            let raw = input(tokens, d, 7 + d as u64);
+            let data = raw.to_vec();
+            let t = HeadTensor {
+                data: &data,
+                dtype: DType::F16,
+                tokens,
+            };
+            let mut keys = vec![0u8; 2 * codec.key_block_bytes()];
+            backend
+                .encode_keys(&codec, t.clone(), None, &mut keys)
+                .unwrap();
+            assert_eq!(
+                keys,
+                scalar(&codec, &raw, tokens, true, None),
+                "{level:?} {config:?} keys"
+            );
+            let mut values = vec![0u8; 2 * codec.value_block_bytes()];
+            backend.encode_values(&codec, t, &mut values).unwrap();
+            assert_eq!(
+                values,
+                scalar(&codec, &raw, tokens, false, None),
+                "{level:?} {config:?} values"
+            );
+        }
+    }
+}
+
+#[test]
+fn pack_helpers_match_core() {
+    let codes: Vec<u8> = (0..64u32).map(|i| (i * 7 % 4) as u8).collect();
+    let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+    keys::pack2(&codes, &mut a);
+    vidkv_core::pack::pack_codes(2, &codes, &mut b);
+    assert_eq!(a, b);
+    let trits: Vec<i8> = (0..23i32).map(|i| (i * 5 % 3 - 1) as i8).collect();
+    let mut digits: Vec<u8> = trits.iter().map(|&q| (q + 1) as u8).collect();
+    digits.resize(23 + 8, 1);
+    let (mut a, mut b) = ([0u8; 5], [0u8; 5]);
+    values::pack_digits(&digits, &mut a);
+    vidkv_core::pack::pack_trits(&trits, &mut b);
+    assert_eq!(a, b);
+}
