@@ -284,19 +284,30 @@ unsafe fn encode_lanes<S: Simd>(
         let packed = s.bits[j].to_le_bytes();
         block[lane_bits.offset + j * bytes..][..bytes].copy_from_slice(&packed[..bytes]);
     }
-    write_lane_scales(&s.zabs, m, g, &mut block[lane_scales.range()]);
+    // SAFETY: caller's instruction set.
+    unsafe { write_lane_scales::<S>(&s.zabs, m, g, &mut block[lane_scales.range()]) };
 }
 
-/// `s_j = mean |z_j|` over the block's tokens, summed in token order as the scalar backend does.
-fn write_lane_scales(zabs: &[f32], m: usize, g: usize, out: &mut [u8]) {
+/// `s_j = mean |z_j|` over the block's tokens, summed in token order as the scalar backend does
+/// (vectorised across lanes: lane `i` of a sum is lane `j0 + i`).
+#[inline(always)]
+unsafe fn write_lane_scales<S: Simd>(zabs: &[f32], m: usize, g: usize, out: &mut [u8]) {
     let mut sums = [0.0f32; 256];
-    let sums = &mut sums[..m];
-    for t in 0..g {
-        for (j, acc) in sums.iter_mut().enumerate() {
-            *acc += zabs[j * g + t];
+    let whole = m / S::N * S::N;
+    for j0 in (0..whole).step_by(S::N) {
+        // SAFETY: caller's instruction set; lanes `j0..j0+N` of `zabs` (`M·G`) and `sums`.
+        unsafe {
+            let mut acc = S::splat(0.0);
+            for t in 0..g {
+                acc = S::add(acc, S::gather(zabs.as_ptr().add(j0 * g + t), g));
+            }
+            S::store(sums.as_mut_ptr().add(j0), acc);
         }
     }
-    for (j, &sum) in sums.iter().enumerate() {
+    for (j, acc) in sums.iter_mut().enumerate().take(m).skip(whole) {
+        *acc = zabs[j * g..][..g].iter().fold(0.0, |a, &z| a + z);
+    }
+    for (j, &sum) in sums.iter().enumerate().take(m) {
         let scale = (sum / g as f32).min(F16_MAX);
         out[2 * j..2 * j + 2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
     }

@@ -93,11 +93,17 @@ impl<'a> Source<'a> {
     }
 }
 
-/// Whether no f16 is an infinity or NaN (exponent bits all set).
+/// Whether no f16 is an infinity or NaN (exponent bits all set): per 16-bit lane,
+/// `(h & 0x7c00) + 0x0400` reaches bit 15 exactly then, without carries between lanes.
 fn f16_all_finite(bytes: &[u8]) -> bool {
-    bytes
-        .chunks_exact(2)
-        .fold(true, |ok, h| ok & (h[1] & 0x7c != 0x7c))
+    const EXP: u64 = 0x7c00_7c00_7c00_7c00;
+    const ONE: u64 = 0x0400_0400_0400_0400;
+    const TOP: u64 = 0x8000_8000_8000_8000;
+    let (words, tail) = bytes.as_chunks::<8>();
+    let flagged = words
+        .iter()
+        .fold(0u64, |acc, w| acc | ((u64::from_le_bytes(*w) & EXP) + ONE));
+    flagged & TOP == 0 && tail.chunks_exact(2).all(|h| h[1] & 0x7c != 0x7c)
 }
 
 /// f16 bytes to f32: whole vectors, then the tail one by one.

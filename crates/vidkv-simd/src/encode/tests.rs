@@ -204,3 +204,20 @@ fn pack_helpers_match_core() {
     vidkv_core::pack::pack_trits(&trits, &mut b);
     assert_eq!(a, b);
 }
+
+#[test]
+fn finite_check_finds_every_non_finite_f16() {
+    let mut bytes: Vec<u8> = (0..37u16)
+        .flat_map(|i| f16::from_f32(i as f32 - 18.5).to_le_bytes())
+        .collect();
+    assert!(f16_all_finite(&bytes));
+    for bad in [f16::INFINITY, f16::NEG_INFINITY, f16::NAN] {
+        for at in [0, 5, 36] {
+            let mut b = bytes.clone();
+            b[2 * at..2 * at + 2].copy_from_slice(&bad.to_le_bytes());
+            assert!(!f16_all_finite(&b), "{bad} at {at}");
+        }
+    }
+    bytes[10..12].copy_from_slice(&f16::MAX.to_le_bytes());
+    assert!(f16_all_finite(&bytes));
+}
