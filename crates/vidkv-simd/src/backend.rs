@@ -89,7 +89,10 @@ impl KvQuantBackend for SimdBackend {
         blocks: usize,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.decode_keys(codec, encoded, blocks, out)
+        match crate::encode::decode(self.level, codec, true, encoded, blocks, out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.decode_keys(codec, encoded, blocks, out),
+        }
     }
 
     fn encode_values(
@@ -111,7 +114,10 @@ impl KvQuantBackend for SimdBackend {
         blocks: usize,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.decode_values(codec, encoded, blocks, out)
+        match crate::encode::decode(self.level, codec, false, encoded, blocks, out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.decode_values(codec, encoded, blocks, out),
+        }
     }
 
     fn encode_values_masked(

@@ -43,19 +43,46 @@ impl KeyPlan {
         self.d
     }
 
+    pub(crate) fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    pub(crate) fn transform(&self) -> Transform {
+        self.transform
+    }
+
+    pub(crate) fn reversed(&self) -> &[usize] {
+        &self.reversed
+    }
+
     /// The plan, or `None` for configurations without a kernel (they run the scalar code):
     /// reference arithmetic, per-channel keys, a DFT of a length that is not a power of two.
     pub(crate) fn new(codec: &Codec, fixed: Option<&ChannelMask>) -> Option<Self> {
         let KeyScheme::Mixed(mixed) = codec.config().keys else {
             return None;
         };
+        let k = mixed.outlier_count(codec.config().head_dim);
+        let encodable = codec.config().arithmetic == Arithmetic::F32
+            && valid_fixed(mixed, codec.head_dim(), k, fixed);
+        if !encodable {
+            return None;
+        }
+        Self::for_decode(codec).map(|plan| Self {
+            fixed: fixed.copied(),
+            ..plan
+        })
+    }
+
+    /// The plan of a decoder (any arithmetic and outlier scope), or `None` without a kernel.
+    pub(crate) fn for_decode(codec: &Codec) -> Option<Self> {
+        let KeyScheme::Mixed(mixed) = codec.config().keys else {
+            return None;
+        };
         let (d, g) = (codec.head_dim(), codec.group());
         let outliers = mixed.outlier_count(codec.config().head_dim);
         let lanes = d - outliers;
-        let usable = codec.config().arithmetic == Arithmetic::F32
-            && (mixed.transform != Transform::Fft || lanes.is_power_of_two())
-            && (mixed.transform != Transform::Hadamard || lanes.is_power_of_two())
-            && valid_fixed(mixed, d, outliers, fixed);
+        let usable =
+            lanes == 0 || mixed.transform == Transform::Identity || lanes.is_power_of_two();
         if !usable {
             return None;
         }
@@ -71,7 +98,7 @@ impl KeyPlan {
             outliers,
             lanes,
             transform: mixed.transform,
-            fixed: fixed.copied(),
+            fixed: None,
             layout: *codec.key_layout(),
             reversed,
             twiddles,
@@ -334,7 +361,7 @@ unsafe fn load_normals<S: Simd>(plan: &KeyPlan, rows: &[f32], t0: usize, s: &mut
 
 /// The scalar backend's radix-2 FFT (`LaneTransform::forward_radix2`), one token per lane.
 #[inline(always)]
-unsafe fn fft<S: Simd>(plan: &KeyPlan, re: &mut [S::F], im: &mut [S::F]) {
+pub(crate) unsafe fn fft<S: Simd>(plan: &KeyPlan, re: &mut [S::F], im: &mut [S::F]) {
     let m = plan.lanes;
     let mut half = 1;
     let mut tw = plan.twiddles.iter();
@@ -361,7 +388,7 @@ unsafe fn fft<S: Simd>(plan: &KeyPlan, re: &mut [S::F], im: &mut [S::F]) {
 
 /// The scalar backend's orthonormal Walsh–Hadamard transform, one token per lane.
 #[inline(always)]
-unsafe fn hadamard<S: Simd>(v: &mut [S::F]) {
+pub(crate) unsafe fn hadamard<S: Simd>(v: &mut [S::F]) {
     let n = v.len();
     let mut h = 1;
     // SAFETY: caller's instruction set.

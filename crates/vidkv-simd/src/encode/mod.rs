@@ -15,6 +15,7 @@ use vidkv_core::{ChannelMask, Codec, DType, HeadTensor};
 
 use crate::level::Level;
 
+mod decode;
 mod keys;
 mod simd;
 mod values;
@@ -189,6 +190,73 @@ pub(crate) fn encode_values(
     Some(())
 }
 
+/// Decodes `blocks` key or value blocks at `level` into f32 bytes; `None` runs the scalar
+/// backend (other schemes, non-power-of-two DFTs, bad sizes, damaged blocks).
+pub(crate) fn decode(
+    level: Level,
+    codec: &Codec,
+    keys: bool,
+    encoded: &[u8],
+    blocks: usize,
+    out: &mut [u8],
+) -> Option<()> {
+    let block_bytes = if keys {
+        codec.key_block_bytes()
+    } else {
+        codec.value_block_bytes()
+    };
+    let encoded = encoded.get(..blocks * block_bytes)?;
+    let n = blocks * codec.block_elements();
+    if out.len() != 4 * n {
+        return None;
+    }
+    let plan = if keys {
+        Some(KeyPlan::for_decode(codec)?)
+    } else {
+        None
+    };
+    let rule = match codec.config().keys {
+        vidkv_core::KeyScheme::Mixed(m) => m.lane_rule,
+        vidkv_core::KeyScheme::PerChannel { .. } => vidkv_core::LaneRule::Symmetric,
+    };
+    let mut rows = vec![0.0f32; n];
+    let plan = plan.as_ref();
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a backend's level is checked against the CPU when it is chosen.
+        Level::Avx512 => unsafe { x86::decode_avx512(plan, codec, rule, encoded, &mut rows)? },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { x86::decode_avx2(plan, codec, rule, encoded, &mut rows)? },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Level::Neon => unsafe { neon::decode_neon(plan, codec, rule, encoded, &mut rows)? },
+        _ => return None,
+    }
+    for (chunk, v) in out.chunks_exact_mut(4).zip(&rows) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    Some(())
+}
+
+/// A decoder over all blocks: keys with a plan, values without.
+#[inline(always)]
+unsafe fn run_decode<S: Simd>(
+    plan: Option<&KeyPlan>,
+    codec: &Codec,
+    rule: vidkv_core::LaneRule,
+    encoded: &[u8],
+    rows: &mut [f32],
+) -> Option<()> {
+    // SAFETY: caller's instruction set, forwarded.
+    unsafe {
+        match plan {
+            Some(plan) => decode::keys::<S>(plan, codec, rule, encoded, rows),
+            None => decode::values::<S>(codec, encoded, rows),
+        }
+    }
+}
+
 /// The key encoder over all blocks of a call.
 #[inline(always)]
 unsafe fn run_keys<S: Simd>(plan: &KeyPlan, src: &Source<'_>, block_bytes: usize, out: &mut [u8]) {
@@ -228,7 +296,23 @@ unsafe fn run_values<S: Simd>(
 
 /// Declares a level's `#[target_feature]` entry points of the encoders.
 macro_rules! entry_points {
-    ($isa:ty, $features:literal, $keys:ident, $values:ident) => {
+    ($isa:ty, $features:literal, $keys:ident, $values:ident, $decode:ident) => {
+        /// Decoder entry point.
+        ///
+        /// # Safety
+        /// The CPU must have the level's instruction set.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $decode(
+            plan: Option<&super::KeyPlan>,
+            codec: &vidkv_core::Codec,
+            rule: vidkv_core::LaneRule,
+            encoded: &[u8],
+            rows: &mut [f32],
+        ) -> Option<()> {
+            // SAFETY: the features are enabled here.
+            unsafe { super::run_decode::<$isa>(plan, codec, rule, encoded, rows) }
+        }
+
         /// Key encoder entry point.
         ///
         /// # Safety

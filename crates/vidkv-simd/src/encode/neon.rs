@@ -48,6 +48,14 @@ unsafe impl Simd for Neon {
         }
     }
     #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> float32x4_t {
+        // SAFETY: 4 readable bytes.
+        unsafe {
+            let a: [f32; 4] = core::array::from_fn(|i| f32::from(*p.add(i)));
+            vld1q_f32(a.as_ptr())
+        }
+    }
+    #[inline(always)]
     unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
         // SAFETY: NEON.
         unsafe { vaddq_f32(a, b) }
@@ -119,4 +127,4 @@ unsafe impl Simd for Neon {
     }
 }
 
-super::entry_points!(Neon, "neon", keys_neon, values_neon);
+super::entry_points!(Neon, "neon", keys_neon, values_neon, decode_neon);

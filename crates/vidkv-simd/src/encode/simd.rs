@@ -27,6 +27,8 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn gather(p: *const f32, stride: usize) -> Self::F;
     /// `N` little-endian f16 at `p`, widened.
     unsafe fn load_f16(p: *const u8) -> Self::F;
+    /// `N` i8 at `p`, widened to f32.
+    unsafe fn load_i8(p: *const i8) -> Self::F;
     /// `a + b`.
     unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
     /// `a − b`.
@@ -83,6 +85,10 @@ unsafe impl Simd for Portable {
                 half::f16::from_le_bytes([*p.add(2 * i), *p.add(2 * i + 1)]).to_f32()
             })
         }
+    }
+    unsafe fn load_i8(p: *const i8) -> [f32; 8] {
+        // SAFETY: the caller passes 8 readable bytes.
+        unsafe { core::array::from_fn(|i| f32::from(*p.add(i))) }
     }
     unsafe fn add(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         core::array::from_fn(|i| a[i] + b[i])

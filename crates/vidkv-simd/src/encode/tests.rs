@@ -221,3 +221,71 @@ fn finite_check_finds_every_non_finite_f16() {
     bytes[10..12].copy_from_slice(&f16::MAX.to_le_bytes());
     assert!(f16_all_finite(&bytes));
 }
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn every_level_decodes_like_the_scalar_backend() {
+    for level in Level::available().filter(|l| *l != Level::Scalar) {
+        let backend = SimdBackend::with_level(level).unwrap();
+        for config in configs() {
+            let codec = Codec::new(config).unwrap();
+            let (d, g) = (codec.head_dim(), codec.group());
+            let tokens = 2 * g;
+            let raw = input(tokens, d, 11 + d as u64);
+            for keys in [true, false] {
+                let encoded = scalar(&codec, &raw, tokens, keys, None);
+                let mut want = vec![0u8; tokens * d * 4];
+                let mut got = want.clone();
+                if keys {
+                    ScalarBackend
+                        .decode_keys(&codec, &encoded, 2, &mut want)
+                        .unwrap();
+                    backend.decode_keys(&codec, &encoded, 2, &mut got).unwrap();
+                } else {
+                    ScalarBackend
+                        .decode_values(&codec, &encoded, 2, &mut want)
+                        .unwrap();
+                    backend
+                        .decode_values(&codec, &encoded, 2, &mut got)
+                        .unwrap();
+                }
+                let (want, got) = (f32s(&want), f32s(&got));
+                let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (i, (w, x)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        (w - x).abs() <= 1e-6 * scale,
+                        "{level:?} {config:?} keys {keys} [{i}]: {x} vs {w}"
+                    );
+                }
+                // A damaged block is reported exactly as the scalar backend reports it.
+                let mut bad = encoded.clone();
+                let last = bad.len() - 1;
+                if keys {
+                    bad[0] = 0xff;
+                    bad[1] = 0xff;
+                } else {
+                    bad[last] = 250;
+                }
+                let mut out = vec![0u8; tokens * d * 4];
+                let (a, b) = if keys {
+                    (
+                        ScalarBackend.decode_keys(&codec, &bad, 2, &mut out.clone()),
+                        backend.decode_keys(&codec, &bad, 2, &mut out),
+                    )
+                } else {
+                    (
+                        ScalarBackend.decode_values(&codec, &bad, 2, &mut out.clone()),
+                        backend.decode_values(&codec, &bad, 2, &mut out),
+                    )
+                };
+                assert_eq!(a, b, "{level:?} {config:?} keys {keys}");
+            }
+        }
+    }
+}

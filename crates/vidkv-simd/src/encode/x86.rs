@@ -49,6 +49,11 @@ unsafe impl Simd for Avx2 {
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
     #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> __m256 {
+        // SAFETY: 8 readable bytes; AVX2.
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+    }
+    #[inline(always)]
     unsafe fn add(a: __m256, b: __m256) -> __m256 {
         // SAFETY: AVX.
         unsafe { _mm256_add_ps(a, b) }
@@ -162,6 +167,11 @@ unsafe impl Simd for Avx512 {
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
     }
     #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> __m512 {
+        // SAFETY: 16 readable bytes; AVX-512F.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+    }
+    #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {
         // SAFETY: AVX-512F.
         unsafe { _mm512_add_ps(a, b) }
@@ -225,10 +235,11 @@ unsafe impl Simd for Avx512 {
     }
 }
 
-super::entry_points!(Avx2, "avx2,fma,f16c", keys_avx2, values_avx2);
+super::entry_points!(Avx2, "avx2,fma,f16c", keys_avx2, values_avx2, decode_avx2);
 super::entry_points!(
     Avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq",
     keys_avx512,
-    values_avx512
+    values_avx512,
+    decode_avx512
 );
