@@ -8,6 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let level = Level::from_name(args.first().map_or("avx512", String::as_str))?;
     let reps: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(20);
     let decode = args.get(2).is_some_and(|a| a == "decode");
+    if args.get(2).is_some_and(|a| a == "append") {
+        let rows = vidkv_simd::codec_bench::codec_table(128, 64, 4, 1024 * reps, 1)?;
+        println!("{rows:?}");
+        return Ok(());
+    }
     let codec = Codec::new(Scheme::Vidkv.config(HeadDim::new(128)?, GroupSize::G32))?;
     let tokens = 8192;
     let (k, v) = vidkv_simd::codec_bench::synthetic_f16(tokens, 128, 7);

@@ -35,8 +35,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (tokens, appends) = (16384, 4096);
         println!(
             "codec (vidkv, D = {}, G = 32, 1 thread): encode/decode {tokens} tokens of one head, \
-             {appends} appends of {} KV heads",
-            shape.head_dim, shape.kv_heads
+             {appends} appends of {} KV heads; {} time",
+            shape.head_dim,
+            shape.kv_heads,
+            if vidkv_simd::codec_bench::cpu_time_available() {
+                "on-CPU (thread)"
+            } else {
+                "wall"
+            }
         );
         println!(
             "| level | encode GB/s (f16 in, K+V) | decode GB/s (f16-equiv. out) | append µs/token/layer | bytes = scalar |"
