@@ -35,6 +35,16 @@ impl ChannelRanges {
         }
     }
 
+    /// Ranges with the given per-channel minimum and maximum (computed elsewhere, e.g. by a SIMD
+    /// kernel; equal to [`Self::add_rows`]'s when no bound is a zero, whose sign a min/max may
+    /// choose either way).
+    pub fn from_bounds(lo: &[f32], hi: &[f32]) -> Self {
+        Self {
+            lo: lo.to_vec(),
+            hi: hi.to_vec(),
+        }
+    }
+
     /// Per-channel minimum and maximum so far.
     pub fn bounds(&self) -> (&[f32], &[f32]) {
         (&self.lo, &self.hi)

@@ -154,6 +154,8 @@ pub(crate) struct KeyScratch<S: Simd> {
     bits: Vec<u128>,
     codes: Vec<u8>,
     normals: Vec<usize>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
 }
 
 impl<S: Simd> KeyScratch<S> {
@@ -168,6 +170,8 @@ impl<S: Simd> KeyScratch<S> {
             bits: vec![0; plan.lanes],
             codes: vec![0; plan.g],
             normals: Vec::with_capacity(plan.lanes),
+            lo: vec![0.0; plan.d],
+            hi: vec![0.0; plan.d],
         }
     }
 }
@@ -186,8 +190,8 @@ pub(crate) unsafe fn encode_block<S: Simd>(
     let KeyLayout::Mixed { mask, .. } = plan.layout else {
         unreachable!("plans exist only for mixed keys")
     };
-    let mut ranges = ChannelRanges::new(plan.d);
-    ranges.add_rows(rows);
+    // SAFETY: forwarded contract.
+    let ranges = unsafe { channel_ranges::<S>(plan.d, rows, s) };
     let chosen = plan
         .fixed
         .unwrap_or_else(|| ranges.top(Arithmetic::F32, plan.outliers));
@@ -196,6 +200,39 @@ pub(crate) unsafe fn encode_block<S: Simd>(
     unsafe {
         encode_outliers::<S>(plan, rows, &ranges, &chosen, s, block);
         encode_lanes::<S>(plan, rows, &chosen, s, block);
+    }
+}
+
+/// Per-channel min/max over the block's rows, vectorised across channels. A bound that is a
+/// zero could differ in sign from the scalar fold's, so such blocks use the scalar fold.
+#[inline(always)]
+unsafe fn channel_ranges<S: Simd>(d: usize, rows: &[f32], s: &mut KeyScratch<S>) -> ChannelRanges {
+    let scalar = || {
+        let mut ranges = ChannelRanges::new(d);
+        ranges.add_rows(rows);
+        ranges
+    };
+    if !d.is_multiple_of(S::N) {
+        return scalar();
+    }
+    for c0 in (0..d).step_by(S::N) {
+        // SAFETY: caller's instruction set; rows of `d` values, bounds of `d` entries.
+        unsafe {
+            let (mut lo, mut hi) = (S::splat(f32::INFINITY), S::splat(f32::NEG_INFINITY));
+            for row in rows.chunks_exact(d) {
+                let x = S::load(row.as_ptr().add(c0));
+                lo = S::min(lo, x);
+                hi = S::max(hi, x);
+            }
+            S::store(s.lo.as_mut_ptr().add(c0), lo);
+            S::store(s.hi.as_mut_ptr().add(c0), hi);
+        }
+    }
+    let (lo, hi) = (&s.lo[..d], &s.hi[..d]);
+    if lo.iter().chain(hi).any(|&b| b == 0.0) {
+        scalar()
+    } else {
+        ChannelRanges::from_bounds(lo, hi)
     }
 }
 
@@ -252,11 +289,16 @@ unsafe fn encode_outliers<S: Simd>(
     }
 }
 
-/// 2-bit codes (each `< 4`), four per byte LSB first (`vidkv_core::pack::pack_codes(2, …)`).
+/// 2-bit codes (each `< 4`), four per byte LSB first (`vidkv_core::pack::pack_codes(2, …)`):
+/// eight codes at a time, pairs then nibbles merged with shifts.
+#[inline(always)]
 pub(crate) fn pack2(codes: &[u8], out: &mut [u8]) {
-    for (byte, c) in out.iter_mut().zip(codes.chunks_exact(4)) {
-        let w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        *byte = (w | w >> 6 | w >> 12 | w >> 18) as u8;
+    for (pair, c) in out.chunks_exact_mut(2).zip(codes.chunks_exact(8)) {
+        let w = u64::from_le_bytes(c.try_into().expect("8 codes"));
+        let nibbles = (w | w >> 6) & 0x000f_000f_000f_000f;
+        let bytes = nibbles | nibbles >> 12;
+        pair[0] = bytes as u8;
+        pair[1] = (bytes >> 32) as u8;
     }
 }
 

@@ -55,21 +55,32 @@ impl<'a> Source<'a> {
             return None;
         }
         match input.dtype {
-            DType::F16 if f16_all_finite(input.data) => Some(Source::F16(input.data)),
-            DType::F16 => None,
+            // Checked block by block in the kernel (`Source::block`), while the bytes are hot.
+            DType::F16 => Some(Source::F16(input.data)),
             _ => vidkv_cpu::to_f32(input.dtype, input.data, codec.config().arithmetic)
                 .ok()
                 .map(Source::F32),
         }
     }
 
-    /// Rows of block `b` (`g` rows of `d` values) into `rows`, each row `stride` long.
+    /// Rows of block `b` (`g` rows of `d` values) into `rows`, each row `stride` long; `None`
+    /// when the block holds an infinity or NaN.
     #[inline(always)]
-    unsafe fn block<S: Simd>(&self, b: usize, g: usize, d: usize, stride: usize, rows: &mut [f32]) {
+    unsafe fn block<S: Simd>(
+        &self,
+        b: usize,
+        g: usize,
+        d: usize,
+        stride: usize,
+        rows: &mut [f32],
+    ) -> Option<()> {
         let n = g * d;
         match self {
             Source::F16(bytes) => {
                 let src = &bytes[2 * b * n..][..2 * n];
+                if !f16_all_finite(src) {
+                    return None;
+                }
                 if stride == d {
                     // SAFETY: caller's instruction set; `n` is a multiple of N (G is).
                     unsafe { widen::<S>(src, &mut rows[..n]) };
@@ -91,6 +102,7 @@ impl<'a> Source<'a> {
                 }
             }
         }
+        Some(())
     }
 }
 
@@ -139,13 +151,13 @@ pub(crate) fn encode_keys(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a backend's level is checked against the CPU when it is chosen.
-        Level::Avx512 => unsafe { x86::keys_avx512(&plan, &src, bytes, out) },
+        Level::Avx512 => unsafe { x86::keys_avx512(&plan, &src, bytes, out)? },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Level::Avx2 => unsafe { x86::keys_avx2(&plan, &src, bytes, out) },
+        Level::Avx2 => unsafe { x86::keys_avx2(&plan, &src, bytes, out)? },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        Level::Neon => unsafe { neon::keys_neon(&plan, &src, bytes, out) },
+        Level::Neon => unsafe { neon::keys_neon(&plan, &src, bytes, out)? },
         _ => return None,
     }
     Some(())
@@ -171,19 +183,19 @@ pub(crate) fn encode_values(
         Level::Avx512 => {
             let plan = ValuePlan::new(codec, x86::Avx512::N)?;
             // SAFETY: a backend's level is checked against the CPU when it is chosen.
-            unsafe { x86::values_avx512(&plan, &src, excluded, bytes, out) }
+            unsafe { x86::values_avx512(&plan, &src, excluded, bytes, out)? }
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => {
             let plan = ValuePlan::new(codec, x86::Avx2::N)?;
             // SAFETY: as above.
-            unsafe { x86::values_avx2(&plan, &src, excluded, bytes, out) }
+            unsafe { x86::values_avx2(&plan, &src, excluded, bytes, out)? }
         }
         #[cfg(target_arch = "aarch64")]
         Level::Neon => {
             let plan = ValuePlan::new(codec, neon::Neon::N)?;
             // SAFETY: as above.
-            unsafe { neon::values_neon(&plan, &src, excluded, bytes, out) }
+            unsafe { neon::values_neon(&plan, &src, excluded, bytes, out)? }
         }
         _ => return None,
     }
@@ -259,17 +271,23 @@ unsafe fn run_decode<S: Simd>(
 
 /// The key encoder over all blocks of a call.
 #[inline(always)]
-unsafe fn run_keys<S: Simd>(plan: &KeyPlan, src: &Source<'_>, block_bytes: usize, out: &mut [u8]) {
+unsafe fn run_keys<S: Simd>(
+    plan: &KeyPlan,
+    src: &Source<'_>,
+    block_bytes: usize,
+    out: &mut [u8],
+) -> Option<()> {
     let (g, d) = (plan.g(), plan.d());
     let mut rows = vec![0.0f32; g * d];
     // SAFETY: caller's instruction set, forwarded.
     unsafe {
         let mut scratch = KeyScratch::<S>::new(plan);
         for (b, block) in out.chunks_exact_mut(block_bytes).enumerate() {
-            src.block::<S>(b, g, d, d, &mut rows);
+            src.block::<S>(b, g, d, d, &mut rows)?;
             keys::encode_block::<S>(plan, &rows, &mut scratch, block);
         }
     }
+    Some(())
 }
 
 /// The value encoder over all blocks of a call.
@@ -280,7 +298,7 @@ unsafe fn run_values<S: Simd>(
     excluded: Option<&[u8]>,
     block_bytes: usize,
     out: &mut [u8],
-) {
+) -> Option<()> {
     let (g, d) = (plan.g(), plan.d());
     let mut rows = vec![0.0f32; g * plan.stride];
     let mut scratch = ValueScratch::new(plan);
@@ -288,10 +306,11 @@ unsafe fn run_values<S: Simd>(
         let mask = excluded.map(|m| &m[b * g / 8..][..g / 8]);
         // SAFETY: caller's instruction set, forwarded.
         unsafe {
-            src.block::<S>(b, g, d, plan.stride, &mut rows);
+            src.block::<S>(b, g, d, plan.stride, &mut rows)?;
             values::encode_block::<S>(plan, &rows, mask, &mut scratch, block);
         }
     }
+    Some(())
 }
 
 /// Declares a level's `#[target_feature]` entry points of the encoders.
@@ -323,7 +342,7 @@ macro_rules! entry_points {
             src: &super::Source<'_>,
             block_bytes: usize,
             out: &mut [u8],
-        ) {
+        ) -> Option<()> {
             // SAFETY: the features are enabled here.
             unsafe { super::run_keys::<$isa>(plan, src, block_bytes, out) }
         }
@@ -339,7 +358,7 @@ macro_rules! entry_points {
             excluded: Option<&[u8]>,
             block_bytes: usize,
             out: &mut [u8],
-        ) {
+        ) -> Option<()> {
             // SAFETY: the features are enabled here.
             unsafe { super::run_values::<$isa>(plan, src, excluded, block_bytes, out) }
         }

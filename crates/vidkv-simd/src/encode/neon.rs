@@ -76,6 +76,16 @@ unsafe impl Simd for Neon {
         unsafe { vdivq_f32(a, b) }
     }
     #[inline(always)]
+    unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON.
+        unsafe { vminq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON.
+        unsafe { vmaxq_f32(a, b) }
+    }
+    #[inline(always)]
     unsafe fn abs(a: float32x4_t) -> float32x4_t {
         // SAFETY: NEON.
         unsafe { vabsq_f32(a) }

@@ -37,6 +37,10 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
     /// `a / b`.
     unsafe fn div(a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise minimum (either zero when both are zeros).
+    unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise maximum (either zero when both are zeros).
+    unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
     /// `|a|`.
     unsafe fn abs(a: Self::F) -> Self::F;
     /// `x` where `x > t`, else `+0`.
@@ -101,6 +105,12 @@ unsafe impl Simd for Portable {
     }
     unsafe fn div(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         core::array::from_fn(|i| a[i] / b[i])
+    }
+    unsafe fn min(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        core::array::from_fn(|i| if a[i] < b[i] { a[i] } else { b[i] })
+    }
+    unsafe fn max(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        core::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
     }
     unsafe fn abs(a: [f32; 8]) -> [f32; 8] {
         a.map(f32::abs)

@@ -139,7 +139,8 @@ fn portable_kernels_match_the_scalar_backend_byte_for_byte() {
         if let Some(plan) = KeyPlan::new(&codec, None) {
             let mut got = vec![0u8; tokens / g * codec.key_block_bytes()];
             // SAFETY: the portable vectors need no instruction set.
-            unsafe { run_keys::<Portable>(&plan, &src, codec.key_block_bytes(), &mut got) };
+            unsafe { run_keys::<Portable>(&plan, &src, codec.key_block_bytes(), &mut got) }
+                .unwrap();
             assert_eq!(
                 got,
                 scalar(&codec, &raw, tokens, true, None),
@@ -287,5 +288,36 @@ fn every_level_decodes_like_the_scalar_backend() {
                 assert_eq!(a, b, "{level:?} {config:?} keys {keys}");
             }
         }
+    }
+}
+
+#[test]
+fn non_finite_input_reports_the_scalar_error() {
+    let codec =
+        Codec::new(Scheme::Vidkv.config(HeadDim::new(64).unwrap(), GroupSize::G32)).unwrap();
+    let mut raw = input(64, 64, 3);
+    raw[2 * 2500..2 * 2500 + 2].copy_from_slice(&f16::NAN.to_le_bytes());
+    let data = raw.to_vec();
+    for level in Level::available() {
+        let backend = SimdBackend::with_level(level).unwrap();
+        let t = HeadTensor {
+            data: &data,
+            dtype: DType::F16,
+            tokens: 64,
+        };
+        let mut out = vec![0u8; 2 * codec.key_block_bytes()];
+        let got = backend.encode_keys(&codec, t.clone(), None, &mut out);
+        assert_eq!(
+            got,
+            Err(vidkv_core::Error::NonFinite { index: 2500 }),
+            "{level:?}"
+        );
+        let mut out = vec![0u8; 2 * codec.value_block_bytes()];
+        let got = backend.encode_values(&codec, t, &mut out);
+        assert_eq!(
+            got,
+            Err(vidkv_core::Error::NonFinite { index: 2500 }),
+            "{level:?}"
+        );
     }
 }

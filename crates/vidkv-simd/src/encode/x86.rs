@@ -74,6 +74,16 @@ unsafe impl Simd for Avx2 {
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn min(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: AVX.
+        unsafe { _mm256_min_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: AVX.
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
     unsafe fn abs(a: __m256) -> __m256 {
         // SAFETY: AVX.
         unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
@@ -190,6 +200,16 @@ unsafe impl Simd for Avx512 {
     unsafe fn div(a: __m512, b: __m512) -> __m512 {
         // SAFETY: AVX-512F.
         unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F.
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: AVX-512F.
+        unsafe { _mm512_max_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn abs(a: __m512) -> __m512 {
