@@ -156,6 +156,11 @@ pub(crate) struct KeyScratch<S: Simd> {
     normals: Vec<usize>,
     lo: Vec<f32>,
     hi: Vec<f32>,
+    /// The block channel-major, `[D][G]`, when D is a multiple of the vector width (columns are
+    /// then loaded, not gathered).
+    columns: Option<Vec<f32>>,
+    /// `|z|` token-major `[G][M]` for the lane sums, when M is a multiple of the width.
+    zrows: Option<Vec<f32>>,
 }
 
 impl<S: Simd> KeyScratch<S> {
@@ -172,6 +177,14 @@ impl<S: Simd> KeyScratch<S> {
             normals: Vec::with_capacity(plan.lanes),
             lo: vec![0.0; plan.d],
             hi: vec![0.0; plan.d],
+            columns: plan
+                .d
+                .is_multiple_of(S::N)
+                .then(|| vec![0.0; plan.d * plan.g]),
+            zrows: plan
+                .lanes
+                .is_multiple_of(S::N)
+                .then(|| vec![0.0; plan.lanes * plan.g]),
         }
     }
 }
@@ -191,7 +204,12 @@ pub(crate) unsafe fn encode_block<S: Simd>(
         unreachable!("plans exist only for mixed keys")
     };
     // SAFETY: forwarded contract.
-    let ranges = unsafe { channel_ranges::<S>(plan.d, rows, s) };
+    let ranges = unsafe {
+        if let Some(columns) = &mut s.columns {
+            transpose::<S>(rows, plan.g, plan.d, columns);
+        }
+        channel_ranges::<S>(plan.d, rows, s)
+    };
     let chosen = plan
         .fixed
         .unwrap_or_else(|| ranges.top(Arithmetic::F32, plan.outliers));
@@ -200,6 +218,43 @@ pub(crate) unsafe fn encode_block<S: Simd>(
     unsafe {
         encode_outliers::<S>(plan, rows, &ranges, &chosen, s, block);
         encode_lanes::<S>(plan, rows, &chosen, s, block);
+    }
+}
+
+/// `[rows][cols]` to `[cols][rows]`, in `N × N` tiles (both counts multiples of N).
+#[inline(always)]
+unsafe fn transpose<S: Simd>(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for r0 in (0..rows).step_by(S::N) {
+        for c0 in (0..cols).step_by(S::N) {
+            // SAFETY: caller's instruction set; the tiles lie inside both `rows · cols` buffers.
+            unsafe {
+                S::transpose(
+                    src.as_ptr().add(r0 * cols + c0),
+                    cols,
+                    dst.as_mut_ptr().add(c0 * rows + r0),
+                    rows,
+                );
+            }
+        }
+    }
+}
+
+/// Channel `c` of tokens `t0..t0+N`: loaded from the transposed block, else gathered.
+#[inline(always)]
+unsafe fn column<S: Simd>(
+    columns: Option<&[f32]>,
+    rows: &[f32],
+    d: usize,
+    g: usize,
+    c: usize,
+    t0: usize,
+) -> S::F {
+    // SAFETY: caller's instruction set; `t0 + N ≤ G` and `c < D`.
+    unsafe {
+        match columns {
+            Some(cm) => S::load(cm.as_ptr().add(c * g + t0)),
+            None => S::gather(rows.as_ptr().add(t0 * d + c), d),
+        }
     }
 }
 
@@ -276,7 +331,7 @@ unsafe fn encode_outliers<S: Simd>(
             unsafe {
                 let (vlo, vstep) = (S::splat(lo16), S::splat(step16));
                 for t0 in (0..g).step_by(S::N) {
-                    let x = S::gather(rows.as_ptr().add(t0 * d + c), d);
+                    let x = column::<S>(s.columns.as_deref(), rows, d, g, c, t0);
                     let t = S::div(S::sub(x, vlo), vstep);
                     S::store_codes(t, 3.0, s.codes.as_mut_ptr().add(t0));
                 }
@@ -354,16 +409,43 @@ unsafe fn encode_lanes<S: Simd>(
         block[lane_bits.offset + j * bytes..][..bytes].copy_from_slice(&packed[..bytes]);
     }
     // SAFETY: caller's instruction set.
-    unsafe { write_lane_scales::<S>(&s.zabs, m, g, &mut block[lane_scales.range()]) };
+    unsafe {
+        write_lane_scales::<S>(
+            &s.zabs,
+            s.zrows.as_deref_mut(),
+            m,
+            g,
+            &mut block[lane_scales.range()],
+        )
+    };
 }
 
 /// `s_j = mean |z_j|` over the block's tokens, summed in token order as the scalar backend does
 /// (vectorised across lanes: lane `i` of a sum is lane `j0 + i`).
 #[inline(always)]
-unsafe fn write_lane_scales<S: Simd>(zabs: &[f32], m: usize, g: usize, out: &mut [u8]) {
+unsafe fn write_lane_scales<S: Simd>(
+    zabs: &[f32],
+    zrows: Option<&mut [f32]>,
+    m: usize,
+    g: usize,
+    out: &mut [u8],
+) {
     let mut sums = [0.0f32; 256];
     let whole = m / S::N * S::N;
-    for j0 in (0..whole).step_by(S::N) {
+    if let Some(zt) = zrows {
+        // SAFETY: caller's instruction set; M and G are multiples of N, `zt` has M·G entries.
+        unsafe {
+            transpose::<S>(zabs, m, g, zt);
+            for j0 in (0..m).step_by(S::N) {
+                let mut acc = S::splat(0.0);
+                for t in 0..g {
+                    acc = S::add(acc, S::load(zt.as_ptr().add(t * m + j0)));
+                }
+                S::store(sums.as_mut_ptr().add(j0), acc);
+            }
+        }
+    }
+    for j0 in (0..whole).step_by(S::N).filter(|_| !m.is_multiple_of(S::N)) {
         // SAFETY: caller's instruction set; lanes `j0..j0+N` of `zabs` (`M·G`) and `sums`.
         unsafe {
             let mut acc = S::splat(0.0);
@@ -395,7 +477,7 @@ unsafe fn load_normals<S: Simd>(plan: &KeyPlan, rows: &[f32], t0: usize, s: &mut
             } else {
                 n
             };
-            s.re[at] = S::gather(rows.as_ptr().add(t0 * d + c), d);
+            s.re[at] = column::<S>(s.columns.as_deref(), rows, d, plan.g, c, t0);
             s.im[at] = zero;
         }
     }

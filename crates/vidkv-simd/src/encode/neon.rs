@@ -56,6 +56,11 @@ unsafe impl Simd for Neon {
         }
     }
     #[inline(always)]
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: readable and writable 4 × 4 tiles (trait contract).
+        unsafe { super::simd::transpose_scalar(4, src, ss, dst, ds) }
+    }
+    #[inline(always)]
     unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
         // SAFETY: NEON.
         unsafe { vaddq_f32(a, b) }

@@ -29,6 +29,8 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn load_f16(p: *const u8) -> Self::F;
     /// `N` i8 at `p`, widened to f32.
     unsafe fn load_i8(p: *const i8) -> Self::F;
+    /// Transposes an `N × N` tile: `dst[i·dst_stride + j] = src[j·src_stride + i]`.
+    unsafe fn transpose(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize);
     /// `a + b`.
     unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
     /// `a − b`.
@@ -94,6 +96,10 @@ unsafe impl Simd for Portable {
         // SAFETY: the caller passes 8 readable bytes.
         unsafe { core::array::from_fn(|i| f32::from(*p.add(i))) }
     }
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: the caller passes readable and writable 8 × 8 tiles.
+        unsafe { transpose_scalar(8, src, ss, dst, ds) }
+    }
     unsafe fn add(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         core::array::from_fn(|i| a[i] + b[i])
     }
@@ -134,6 +140,27 @@ unsafe impl Simd for Portable {
             (0..8).for_each(|i| {
                 *out.add(i) = 1 + u8::from(x[i] > t[i]) - u8::from(x[i] < -t[i]);
             })
+        }
+    }
+}
+
+/// [`Simd::transpose`] of an `n × n` tile, element by element.
+///
+/// # Safety
+/// `src` and `dst` must be readable/writable `n × n` tiles with the given strides.
+#[cfg(any(test, target_arch = "aarch64"))]
+#[inline(always)]
+pub(crate) unsafe fn transpose_scalar(
+    n: usize,
+    src: *const f32,
+    ss: usize,
+    dst: *mut f32,
+    ds: usize,
+) {
+    for i in 0..n {
+        for j in 0..n {
+            // SAFETY: inside both tiles (caller).
+            unsafe { *dst.add(i * ds + j) = *src.add(j * ss + i) };
         }
     }
 }

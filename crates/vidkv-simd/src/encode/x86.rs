@@ -54,6 +54,11 @@ unsafe impl Simd for Avx2 {
         unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
     }
     #[inline(always)]
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: AVX; readable and writable 8 × 8 tiles (trait contract).
+        unsafe { transpose8(src, ss, dst, ds) }
+    }
+    #[inline(always)]
     unsafe fn add(a: __m256, b: __m256) -> __m256 {
         // SAFETY: AVX.
         unsafe { _mm256_add_ps(a, b) }
@@ -127,6 +132,43 @@ unsafe impl Simd for Avx2 {
     }
 }
 
+/// Transposes an 8 × 8 tile of f32 (unpack, shuffle, then exchange 128-bit halves).
+#[inline(always)]
+unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    // SAFETY: AVX (caller); eight readable rows of 8 at `src`, eight writable at `dst`.
+    unsafe {
+        let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        let t: [__m256; 8] = core::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // s[0..4] from rows 0–3, s[4..8] from rows 4–7: columns (0,4), (1,5), (2,6), (3,7).
+        let s: [__m256; 8] = core::array::from_fn(|i| {
+            let base = i / 4 * 4;
+            let (a, b) = (t[base + (i % 4) / 2], t[base + 2 + (i % 4) / 2]);
+            if i % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        for i in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(i * ds),
+                _mm256_permute2f128_ps::<0x20>(s[i], s[i + 4]),
+            );
+            _mm256_storeu_ps(
+                dst.add((i + 4) * ds),
+                _mm256_permute2f128_ps::<0x31>(s[i], s[i + 4]),
+            );
+        }
+    }
+}
+
 /// Narrows eight i32 in `0..=255` to bytes and writes them.
 #[inline(always)]
 unsafe fn store_bytes8(v: __m256i, out: *mut u8) {
@@ -180,6 +222,15 @@ unsafe impl Simd for Avx512 {
     unsafe fn load_i8(p: *const i8) -> __m512 {
         // SAFETY: 16 readable bytes; AVX-512F.
         unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+    }
+    #[inline(always)]
+    unsafe fn transpose(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: AVX (implied); readable and writable 16 × 16 tiles, split into 8 × 8 ones.
+        unsafe {
+            for (i, j) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+                transpose8(src.add(i * ss + j), ss, dst.add(j * ds + i), ds);
+            }
+        }
     }
     #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {
