@@ -15,6 +15,7 @@ use vidkv_core::{ChannelMask, Codec, DType, HeadTensor};
 
 use crate::level::Level;
 
+mod affine;
 mod decode;
 mod keys;
 mod simd;
@@ -26,6 +27,7 @@ mod x86;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
+use affine::{AffinePlan, AffineScratch};
 use keys::{KeyPlan, KeyScratch};
 use simd::Simd;
 use values::{ValuePlan, ValueScratch};
@@ -145,6 +147,12 @@ pub(crate) fn encode_keys(
     outliers: Option<&ChannelMask>,
     out: &mut [u8],
 ) -> Option<()> {
+    if matches!(
+        codec.config().keys,
+        vidkv_core::KeyScheme::PerChannel { .. }
+    ) {
+        return encode_affine(level, codec, true, input, None, out);
+    }
     let plan = KeyPlan::new(codec, outliers)?;
     let src = Source::new(codec, input, out.len(), codec.key_block_bytes())?;
     let bytes = codec.key_block_bytes();
@@ -163,6 +171,49 @@ pub(crate) fn encode_keys(
     Some(())
 }
 
+/// Per-channel min/max keys or values at `level`; `None` runs the scalar backend.
+fn encode_affine(
+    level: Level,
+    codec: &Codec,
+    keys: bool,
+    input: &HeadTensor<'_, Vec<u8>>,
+    excluded: Option<&[u8]>,
+    out: &mut [u8],
+) -> Option<()> {
+    let bytes = if keys {
+        codec.key_block_bytes()
+    } else {
+        codec.value_block_bytes()
+    };
+    let src = Source::new(codec, input, out.len(), bytes)?;
+    let plan = |lanes| {
+        if keys {
+            AffinePlan::keys(codec, lanes)
+        } else {
+            AffinePlan::values(codec, lanes)
+        }
+    };
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a backend's level is checked against the CPU when it is chosen.
+        Level::Avx512 => unsafe {
+            x86::affine_avx512(&plan(x86::Avx512::N)?, &src, excluded, bytes, out)?
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => unsafe {
+            x86::affine_avx2(&plan(x86::Avx2::N)?, &src, excluded, bytes, out)?
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        Level::Neon => unsafe {
+            neon::affine_neon(&plan(neon::Neon::N)?, &src, excluded, bytes, out)?
+        },
+        _ => return None,
+    }
+    Some(())
+}
+
 /// Encodes values at `level`, leaving out the tokens flagged in `excluded` (`G/8` bytes per
 /// block); `None` runs the scalar backend.
 pub(crate) fn encode_values(
@@ -172,11 +223,17 @@ pub(crate) fn encode_values(
     excluded: Option<&[u8]>,
     out: &mut [u8],
 ) -> Option<()> {
-    let src = Source::new(codec, input, out.len(), codec.value_block_bytes())?;
     let blocks = input.tokens / codec.group();
     if excluded.is_some_and(|m| m.len() != blocks * codec.group() / 8) {
         return None;
     }
+    if matches!(
+        codec.config().values,
+        vidkv_core::ValueScheme::PerChannel { .. }
+    ) {
+        return encode_affine(level, codec, false, input, excluded, out);
+    }
+    let src = Source::new(codec, input, out.len(), codec.value_block_bytes())?;
     let bytes = codec.value_block_bytes();
     match level {
         #[cfg(target_arch = "x86_64")]
@@ -313,9 +370,48 @@ unsafe fn run_values<S: Simd>(
     Some(())
 }
 
+/// The per-channel min/max encoder over all blocks of a call.
+#[inline(always)]
+unsafe fn run_affine<S: Simd>(
+    plan: &AffinePlan,
+    src: &Source<'_>,
+    excluded: Option<&[u8]>,
+    block_bytes: usize,
+    out: &mut [u8],
+) -> Option<()> {
+    let (g, d) = (plan.g(), plan.d());
+    let mut rows = vec![0.0f32; g * plan.stride];
+    let mut scratch = AffineScratch::new(plan);
+    for (b, block) in out.chunks_exact_mut(block_bytes).enumerate() {
+        let mask = excluded.map(|m| &m[b * g / 8..][..g / 8]);
+        // SAFETY: caller's instruction set, forwarded.
+        unsafe {
+            src.block::<S>(b, g, d, plan.stride, &mut rows)?;
+            affine::encode_block::<S>(plan, &rows, mask, &mut scratch, block);
+        }
+    }
+    Some(())
+}
+
 /// Declares a level's `#[target_feature]` entry points of the encoders.
 macro_rules! entry_points {
-    ($isa:ty, $features:literal, $keys:ident, $values:ident, $decode:ident) => {
+    ($isa:ty, $features:literal, $keys:ident, $values:ident, $decode:ident, $affine:ident) => {
+        /// Per-channel min/max encoder entry point.
+        ///
+        /// # Safety
+        /// The CPU must have the level's instruction set.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $affine(
+            plan: &super::AffinePlan,
+            src: &super::Source<'_>,
+            excluded: Option<&[u8]>,
+            block_bytes: usize,
+            out: &mut [u8],
+        ) -> Option<()> {
+            // SAFETY: the features are enabled here.
+            unsafe { super::run_affine::<$isa>(plan, src, excluded, block_bytes, out) }
+        }
+
         /// Decoder entry point.
         ///
         /// # Safety

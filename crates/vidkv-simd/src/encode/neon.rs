@@ -91,6 +91,16 @@ unsafe impl Simd for Neon {
         unsafe { vmaxq_f32(a, b) }
     }
     #[inline(always)]
+    unsafe fn r16(a: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON; a 4-element array round trip.
+        unsafe {
+            let mut x = [0.0f32; 4];
+            vst1q_f32(x.as_mut_ptr(), a);
+            let r = x.map(|v| half::f16::from_f32(v).to_f32());
+            vld1q_f32(r.as_ptr())
+        }
+    }
+    #[inline(always)]
     unsafe fn abs(a: float32x4_t) -> float32x4_t {
         // SAFETY: NEON.
         unsafe { vabsq_f32(a) }
@@ -142,4 +152,11 @@ unsafe impl Simd for Neon {
     }
 }
 
-super::entry_points!(Neon, "neon", keys_neon, values_neon, decode_neon);
+super::entry_points!(
+    Neon,
+    "neon",
+    keys_neon,
+    values_neon,
+    decode_neon,
+    affine_neon
+);

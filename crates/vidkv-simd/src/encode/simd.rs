@@ -43,6 +43,8 @@ pub(crate) unsafe trait Simd: Copy {
     unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
     /// Lane-wise maximum (either zero when both are zeros).
     unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
+    /// Rounded to the nearest f16 (ties to even, overflow to infinity) and widened back.
+    unsafe fn r16(a: Self::F) -> Self::F;
     /// `|a|`.
     unsafe fn abs(a: Self::F) -> Self::F;
     /// `x` where `x > t`, else `+0`.
@@ -117,6 +119,9 @@ unsafe impl Simd for Portable {
     }
     unsafe fn max(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         core::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
+    }
+    unsafe fn r16(a: [f32; 8]) -> [f32; 8] {
+        a.map(|x| half::f16::from_f32(x).to_f32())
     }
     unsafe fn abs(a: [f32; 8]) -> [f32; 8] {
         a.map(f32::abs)

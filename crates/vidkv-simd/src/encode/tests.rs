@@ -69,6 +69,21 @@ fn configs() -> Vec<QuantConfig> {
             }
         }
     }
+    for (d, g) in [
+        (128, GroupSize::G32),
+        (18, GroupSize::G64),
+        (80, GroupSize::G32),
+    ] {
+        for scheme in [Scheme::Pc2, Scheme::Kivi2, Scheme::Kivi4] {
+            let mut c = scheme.config(HeadDim::new(d).unwrap(), g);
+            out.push(c);
+            c.arithmetic = Arithmetic::F32;
+            c.values = ValueScheme::PerChannel {
+                bits: vidkv_core::Bits::Four,
+            };
+            out.push(c);
+        }
+    }
     out
 }
 
@@ -123,24 +138,41 @@ fn portable_kernels_match_the_scalar_backend_byte_for_byte() {
             codec.value_block_bytes(),
         )
         .unwrap();
+        let vb = codec.value_block_bytes();
         for excluded in [None, Some(&mask[..])] {
-            let plan = ValuePlan::new(&codec, Portable::N).unwrap();
-            let mut got = vec![0u8; tokens / g * codec.value_block_bytes()];
-            // SAFETY: the portable vectors need no instruction set.
-            unsafe {
-                run_values::<Portable>(&plan, &src, excluded, codec.value_block_bytes(), &mut got)
-            };
-            assert_eq!(
-                got,
-                scalar(&codec, &raw, tokens, false, excluded),
-                "{config:?} values, mask {excluded:?}"
+            let mut got = vec![0u8; tokens / g * vb];
+            let (ternary, affine) = (
+                ValuePlan::new(&codec, Portable::N),
+                AffinePlan::values(&codec, Portable::N),
             );
-        }
-        if let Some(plan) = KeyPlan::new(&codec, None) {
-            let mut got = vec![0u8; tokens / g * codec.key_block_bytes()];
             // SAFETY: the portable vectors need no instruction set.
-            unsafe { run_keys::<Portable>(&plan, &src, codec.key_block_bytes(), &mut got) }
-                .unwrap();
+            let done = unsafe {
+                match (ternary, affine) {
+                    (Some(p), _) => run_values::<Portable>(&p, &src, excluded, vb, &mut got),
+                    (None, Some(p)) => run_affine::<Portable>(&p, &src, excluded, vb, &mut got),
+                    (None, None) => None,
+                }
+            };
+            if done.is_some() {
+                let want = scalar(&codec, &raw, tokens, false, excluded);
+                assert_eq!(got, want, "{config:?} values, mask {excluded:?}");
+            }
+        }
+        let kb = codec.key_block_bytes();
+        let mut got = vec![0u8; tokens / g * kb];
+        let (mixed, affine) = (
+            KeyPlan::new(&codec, None),
+            AffinePlan::keys(&codec, Portable::N),
+        );
+        // SAFETY: the portable vectors need no instruction set.
+        let done = unsafe {
+            match (mixed, affine) {
+                (Some(p), _) => run_keys::<Portable>(&p, &src, kb, &mut got),
+                (None, Some(p)) => run_affine::<Portable>(&p, &src, None, kb, &mut got),
+                (None, None) => None,
+            }
+        };
+        if done.is_some() {
             assert_eq!(
                 got,
                 scalar(&codec, &raw, tokens, true, None),

@@ -89,6 +89,11 @@ unsafe impl Simd for Avx2 {
         unsafe { _mm256_max_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn r16(a: __m256) -> __m256 {
+        // SAFETY: F16C.
+        unsafe { _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a)) }
+    }
+    #[inline(always)]
     unsafe fn abs(a: __m256) -> __m256 {
         // SAFETY: AVX.
         unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
@@ -263,6 +268,11 @@ unsafe impl Simd for Avx512 {
         unsafe { _mm512_max_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn r16(a: __m512) -> __m512 {
+        // SAFETY: AVX-512F.
+        unsafe { _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a)) }
+    }
+    #[inline(always)]
     unsafe fn abs(a: __m512) -> __m512 {
         // SAFETY: AVX-512F.
         unsafe { _mm512_abs_ps(a) }
@@ -306,11 +316,19 @@ unsafe impl Simd for Avx512 {
     }
 }
 
-super::entry_points!(Avx2, "avx2,fma,f16c", keys_avx2, values_avx2, decode_avx2);
+super::entry_points!(
+    Avx2,
+    "avx2,fma,f16c",
+    keys_avx2,
+    values_avx2,
+    decode_avx2,
+    affine_avx2
+);
 super::entry_points!(
     Avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq",
     keys_avx512,
     values_avx512,
-    decode_avx512
+    decode_avx512,
+    affine_avx512
 );
