@@ -9,7 +9,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reps: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(20);
     let decode = args.get(2).is_some_and(|a| a == "decode");
     if args.get(2).is_some_and(|a| a == "append") {
-        let rows = vidkv_simd::codec_bench::codec_table(128, 64, 4, 1024 * reps, 1)?;
+        let rows = vidkv_simd::codec_bench::codec_table(
+            vidkv_core::Scheme::Vidkv,
+            128,
+            64,
+            4,
+            1024 * reps,
+            1,
+        )?;
         println!("{rows:?}");
         return Ok(());
     }

@@ -1,5 +1,6 @@
 //! Decode attention of every available SIMD level against the f16-cache baseline, measured in
 //! one run. `cargo run --release -p vidkv-simd --example simd_bench -- [tokens] [threads] [reps]`
+use vidkv_core::Scheme;
 use vidkv_simd::Level;
 use vidkv_simd::bench::{Shape, Synthetic, read_bandwidth};
 
@@ -32,9 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // Encode, decode and append of the `vidkv` scheme, every level next to the scalar backend.
     {
-        let (tokens, appends) = (16384, 4096);
+        let (tokens, appends) = (16384, 16384);
         println!(
-            "codec (vidkv, D = {}, G = 32, 1 thread): encode/decode {tokens} tokens of one head, \
+            "codec (D = {}, G = 32, 1 thread): encode/decode {tokens} tokens of one head, \
              {appends} appends of {} KV heads; {} time",
             shape.head_dim,
             shape.kv_heads,
@@ -45,28 +46,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         );
         println!(
-            "| level | encode GB/s (f16 in, K+V) | decode GB/s (f16-equiv. out) | append µs/token/layer | bytes = scalar |"
+            "| scheme | level | encode GB/s (f16 in, K+V) | decode GB/s (f16-equiv. out) | append µs/token/layer | bytes = scalar |"
         );
-        println!("|---|---|---|---|---|");
-        let rows = vidkv_simd::codec_bench::codec_table(
-            shape.head_dim,
-            tokens,
-            shape.kv_heads,
-            appends,
-            reps,
-        )?;
-        for r in &rows {
-            println!(
-                "| {} | {:.3} ({:.1}×) | {:.3} ({:.1}×) | {:.2} ({:.1}×) | {} |",
-                r.level.name(),
-                r.encode_gb_s,
-                r.encode_gb_s / rows[0].encode_gb_s,
-                r.decode_gb_s,
-                r.decode_gb_s / rows[0].decode_gb_s,
-                r.append_us,
-                rows[0].append_us / r.append_us,
-                if r.identical { "yes" } else { "NO" }
-            );
+        println!("|---|---|---|---|---|---|");
+        for scheme in [Scheme::Vidkv, Scheme::Pc2, Scheme::Kivi2] {
+            let rows = vidkv_simd::codec_bench::codec_table(
+                scheme,
+                shape.head_dim,
+                tokens,
+                shape.kv_heads,
+                appends,
+                reps,
+            )?;
+            for r in &rows {
+                println!(
+                    "| {} | {} | {:.3} ({:.1}×) | {:.3} ({:.1}×) | {:.2} ({:.1}×) | {} |",
+                    scheme.name(),
+                    r.level.name(),
+                    r.encode_gb_s,
+                    r.encode_gb_s / rows[0].encode_gb_s,
+                    r.decode_gb_s,
+                    r.decode_gb_s / rows[0].decode_gb_s,
+                    r.append_us,
+                    rows[0].append_us / r.append_us,
+                    if r.identical { "yes" } else { "NO" }
+                );
+            }
         }
     }
     println!(

@@ -51,7 +51,9 @@ pub fn synthetic_f16(tokens: usize, d: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// A clock: on Linux the calling thread's on-CPU time (`/proc/thread-self/schedstat`), which
-/// other processes on a shared machine do not inflate; elsewhere wall time.
+/// other processes on a shared machine do not inflate; elsewhere wall time. The kernel accounts
+/// the running slice at scheduler ticks (a few ms), so timed spans are made ≥ 100 ms
+/// ([`per_call`]).
 struct Clock(Instant, Option<u64>);
 
 impl Clock {
@@ -77,21 +79,39 @@ pub fn cpu_time_available() -> bool {
     cpu_ns().is_some()
 }
 
+/// Seconds per call of `f`: median over `reps` samples, each repeating `f` for ≥ 100 ms.
+fn per_call(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let wall = Instant::now();
+    f()?;
+    let once = wall.elapsed().as_secs_f64().max(1e-6);
+    let k = (0.1 / once).ceil().max(1.0) as usize;
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t = Clock::start();
+        for _ in 0..k {
+            f()?;
+        }
+        times.push(t.seconds() / k as f64);
+    }
+    Ok(median(&mut times))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// Times the `vidkv` scheme (D = `d`, G = 32) at every available level: encode and decode of
-/// `tokens` tokens of one head, and `appends` single-token appends of `kv_heads` heads.
+/// Times `scheme` (D = `d`, G = 32) at every available level: encode and decode of `tokens`
+/// tokens of one head, and `appends` single-token appends of `kv_heads` heads.
 pub fn codec_table(
+    scheme: Scheme,
     d: usize,
     tokens: usize,
     kv_heads: usize,
     appends: usize,
     reps: usize,
 ) -> Result<Vec<CodecRow>> {
-    let codec = Codec::new(Scheme::Vidkv.config(HeadDim::new(d)?, GroupSize::G32))?;
+    let codec = Codec::new(scheme.config(HeadDim::new(d)?, GroupSize::G32))?;
     let tokens = tokens / 32 * 32;
     let (k, v) = synthetic_f16(tokens, d, 0x5EED);
     let mut rows = Vec::new();
@@ -133,19 +153,16 @@ fn time_encode(
     let (k, v) = (k.to_vec(), v.to_vec());
     let mut kb = std::vec![0u8; blocks * codec.key_block_bytes()];
     let mut vb = std::vec![0u8; blocks * codec.value_block_bytes()];
-    let mut times = Vec::new();
-    for _ in 0..reps.max(1) {
-        let t = Clock::start();
-        let tensor = |data| HeadTensor {
-            data,
-            dtype: DType::F16,
-            tokens,
-        };
+    let tensor = |data| HeadTensor {
+        data,
+        dtype: DType::F16,
+        tokens,
+    };
+    let seconds = per_call(reps, || {
         backend.encode_keys(codec, tensor(&k), None, &mut kb)?;
-        backend.encode_values(codec, tensor(&v), &mut vb)?;
-        times.push(t.seconds());
-    }
-    Ok((kb, vb, median(&mut times)))
+        backend.encode_values(codec, tensor(&v), &mut vb)
+    })?;
+    Ok((kb, vb, seconds))
 }
 
 fn time_decode(
@@ -158,14 +175,10 @@ fn time_decode(
 ) -> Result<f64> {
     let blocks = tokens / codec.group();
     let mut out = std::vec![0u8; tokens * codec.head_dim() * 4];
-    let mut times = Vec::new();
-    for _ in 0..reps.max(1) {
-        let t = Clock::start();
+    per_call(reps, || {
         backend.decode_keys(codec, kb, blocks, &mut out)?;
-        backend.decode_values(codec, vb, blocks, &mut out)?;
-        times.push(t.seconds());
-    }
-    Ok(median(&mut times))
+        backend.decode_values(codec, vb, blocks, &mut out)
+    })
 }
 
 /// Mean µs of one append (all heads of a layer) over `appends` tokens from an empty cache.
