@@ -23,6 +23,8 @@ pub(crate) struct AffinePlan {
     arith: Arithmetic,
     /// Keys store codes channel-major, values as one token-major stream.
     keys: bool,
+    /// Per-token values (KIVI): channels per group; `None` for per-channel blocks.
+    token_groups: Option<usize>,
     params: Section,
     codes: Section,
 }
@@ -48,6 +50,24 @@ impl AffinePlan {
         Some(Self::new(codec, lanes, bits, false, params, codes))
     }
 
+    /// Per-token values (KIVI), or `None` (also when a channel group is not whole vectors).
+    pub(crate) fn per_token(codec: &Codec, lanes: usize) -> Option<Self> {
+        let ValueLayout::PerToken {
+            bits,
+            channel_group,
+            params,
+            codes,
+        } = *codec.value_layout()
+        else {
+            return None;
+        };
+        let whole = codec.head_dim().is_multiple_of(lanes) && channel_group.is_multiple_of(lanes);
+        whole.then(|| Self {
+            token_groups: Some(channel_group),
+            ..Self::new(codec, lanes, bits, false, params, codes)
+        })
+    }
+
     fn new(
         codec: &Codec,
         lanes: usize,
@@ -63,6 +83,7 @@ impl AffinePlan {
             bits,
             arith: codec.config().arithmetic,
             keys,
+            token_groups: None,
             params,
             codes,
         }
@@ -118,6 +139,11 @@ pub(crate) unsafe fn encode_block<S: Simd>(
     s.kept.clear();
     s.kept
         .extend((0..plan.g).filter(|&t| excluded.is_none_or(|m| m[t / 8] >> (t % 8) & 1 == 0)));
+    if let Some(group) = plan.token_groups {
+        // SAFETY: forwarded contract.
+        unsafe { encode_per_token::<S>(plan, group, rows, s, block) };
+        return;
+    }
     // SAFETY: forwarded contract.
     unsafe { bounds::<S>(plan, rows, s) };
     for c in 0..plan.d {
@@ -144,6 +170,92 @@ pub(crate) unsafe fn encode_block<S: Simd>(
         Bits::Two => pack2(&s.ordered, out),
         Bits::Four => pack4(&s.ordered, out),
     }
+}
+
+/// KIVI values: per kept token and group of `group` channels, min/max across the group's
+/// channels (vector min/max, then the lanes), codes against the stored parameters; excluded
+/// tokens get zero parameters and codes 0.
+#[inline(always)]
+unsafe fn encode_per_token<S: Simd>(
+    plan: &AffinePlan,
+    group: usize,
+    rows: &[f32],
+    s: &mut AffineScratch,
+    block: &mut [u8],
+) {
+    let (d, w) = (plan.d, plan.stride);
+    let groups = d.div_ceil(group);
+    let max = f32::from(plan.bits.max_code());
+    s.ordered.fill(0);
+    let zero = AffineParams {
+        lo: half::f16::ZERO,
+        step: half::f16::ZERO,
+    };
+    for t in 0..plan.g {
+        for gi in 0..groups {
+            vidkv_cpu::write_params(&mut block[plan.params.range()], t * groups + gi, zero);
+        }
+    }
+    for &t in &s.kept {
+        let row = &rows[t * w..][..d];
+        for (gi, c0) in (0..d).step_by(group).enumerate() {
+            let part = &row[c0..(c0 + group).min(d)];
+            // SAFETY: caller's instruction set; `part` is whole vectors (plan).
+            let (lo, hi) = unsafe { group_bounds::<S>(part) };
+            let p = if lo == 0.0 || hi == 0.0 {
+                affine::fit(plan.arith, plan.bits, part.iter().copied())
+            } else {
+                affine::from_bounds(plan.arith, plan.bits, lo, hi)
+            };
+            vidkv_cpu::write_params(&mut block[plan.params.range()], t * groups + gi, p);
+            let (lo16, step16) = (p.lo.to_f32(), p.step.to_f32());
+            if step16 == 0.0 {
+                continue;
+            }
+            // SAFETY: as above; `ordered` has G·D codes.
+            unsafe {
+                let (vlo, vstep) = (S::splat(lo16), S::splat(step16));
+                for i in (0..part.len()).step_by(S::N) {
+                    let x = S::load(part.as_ptr().add(i));
+                    let q = if plan.arith == Arithmetic::Reference {
+                        S::r16(S::div(S::r16(S::sub(x, vlo)), vstep))
+                    } else {
+                        S::div(S::sub(x, vlo), vstep)
+                    };
+                    S::store_codes(q, max, s.ordered.as_mut_ptr().add(t * d + c0 + i));
+                }
+            }
+        }
+    }
+    let out = &mut block[plan.codes.range()];
+    match plan.bits {
+        Bits::Two => pack2(&s.ordered, out),
+        Bits::Four => pack4(&s.ordered, out),
+    }
+}
+
+/// Min and max of whole vectors of values.
+#[inline(always)]
+unsafe fn group_bounds<S: Simd>(part: &[f32]) -> (f32, f32) {
+    let (mut lo_lanes, mut hi_lanes) = ([0.0f32; 16], [0.0f32; 16]);
+    // SAFETY: caller's instruction set; `part` is whole vectors, the lane arrays hold N ≤ 16.
+    unsafe {
+        let (mut lo, mut hi) = (S::splat(f32::INFINITY), S::splat(f32::NEG_INFINITY));
+        for i in (0..part.len()).step_by(S::N) {
+            let x = S::load(part.as_ptr().add(i));
+            lo = S::min(lo, x);
+            hi = S::max(hi, x);
+        }
+        S::store(lo_lanes.as_mut_ptr(), lo);
+        S::store(hi_lanes.as_mut_ptr(), hi);
+    }
+    let lo = lo_lanes[..S::N]
+        .iter()
+        .fold(f32::INFINITY, |a, &b| a.min(b));
+    let hi = hi_lanes[..S::N]
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    (lo, hi)
 }
 
 /// The stored parameters of channel `c`: from the vector bounds, or the scalar fit when a bound

@@ -190,7 +190,7 @@ fn encode_affine(
         if keys {
             AffinePlan::keys(codec, lanes)
         } else {
-            AffinePlan::values(codec, lanes)
+            AffinePlan::values(codec, lanes).or_else(|| AffinePlan::per_token(codec, lanes))
         }
     };
     match level {
