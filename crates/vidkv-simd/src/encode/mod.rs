@@ -227,9 +227,9 @@ pub(crate) fn encode_values(
     if excluded.is_some_and(|m| m.len() != blocks * codec.group() / 8) {
         return None;
     }
-    if matches!(
+    if !matches!(
         codec.config().values,
-        vidkv_core::ValueScheme::PerChannel { .. }
+        vidkv_core::ValueScheme::Ternary { .. }
     ) {
         return encode_affine(level, codec, false, input, excluded, out);
     }

@@ -363,3 +363,35 @@ fn non_finite_input_reports_the_scalar_error() {
         );
     }
 }
+
+#[test]
+fn kernels_cover_the_presets() {
+    for level in Level::available().filter(|l| *l != Level::Scalar) {
+        for scheme in [
+            Scheme::Vidkv,
+            Scheme::VidkvStp,
+            Scheme::Pc2,
+            Scheme::Kivi2,
+            Scheme::Kivi4,
+        ] {
+            let codec =
+                Codec::new(scheme.config(HeadDim::new(128).unwrap(), GroupSize::G32)).unwrap();
+            let data = input(64, 128, 5);
+            let t = HeadTensor {
+                data: &data,
+                dtype: DType::F16,
+                tokens: 64,
+            };
+            let mut keys = vec![0u8; 2 * codec.key_block_bytes()];
+            let mut values = vec![0u8; 2 * codec.value_block_bytes()];
+            assert!(
+                encode_keys(level, &codec, &t, None, &mut keys).is_some(),
+                "{level:?} {scheme:?} keys"
+            );
+            assert!(
+                encode_values(level, &codec, &t, None, &mut values).is_some(),
+                "{level:?} {scheme:?} values"
+            );
+        }
+    }
+}
