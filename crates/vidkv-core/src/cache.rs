@@ -91,6 +91,11 @@ const F16_MAX: f32 = 65504.0;
 pub trait KvElement: Copy {
     /// The value as f32.
     fn to_f32(self) -> f32;
+
+    /// The elements as f16 when they already are (the cache then copies them as they are).
+    fn as_f16(_x: &[Self]) -> Option<&[f16]> {
+        None
+    }
 }
 
 impl KvElement for f32 {
@@ -102,6 +107,10 @@ impl KvElement for f32 {
 impl KvElement for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+
+    fn as_f16(x: &[Self]) -> Option<&[f16]> {
+        Some(x)
     }
 }
 
@@ -395,7 +404,11 @@ impl<B: KvQuantBackend> Rows<B> {
     /// Sets rows `first..first + src.len()/d` on the host and the device.
     fn write(&mut self, backend: &B, first: usize, src: &[f16], d: usize) -> Result<()> {
         self.host[first * d..][..src.len()].copy_from_slice(src);
-        backend.write_bytes(&mut self.device, first * d * 2, &f16_bytes(src))
+        if cfg!(target_endian = "little") {
+            backend.write_bytes(&mut self.device, first * d * 2, bytemuck::cast_slice(src))
+        } else {
+            backend.write_bytes(&mut self.device, first * d * 2, &f16_bytes(src))
+        }
     }
 }
 
@@ -1225,6 +1238,13 @@ fn f16_tensor<T>(data: &T, tokens: usize) -> HeadTensor<'_, T> {
 
 /// Converts inputs to f16, rejecting NaN/inf and magnitudes beyond the f16 range.
 fn to_f16<T: KvElement>(x: &[T]) -> Result<Vec<f16>> {
+    if let Some(halves) = T::as_f16(x) {
+        // The f32 round trip below is the identity on finite f16 (all within range).
+        if let Some(index) = halves.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { index });
+        }
+        return Ok(halves.to_vec());
+    }
     let values: Vec<f32> = x.iter().map(|e| e.to_f32()).collect();
     if let Some(index) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite { index });

@@ -17,6 +17,11 @@ pub fn fit(arith: Arithmetic, bits: Bits, values: impl Iterator<Item = f32>) -> 
     let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
+    from_bounds(arith, bits, lo, hi)
+}
+
+/// The parameters of a group whose minimum is `lo` and maximum `hi` (what [`fit`] stores).
+pub fn from_bounds(arith: Arithmetic, bits: Bits, lo: f32, hi: f32) -> AffineParams {
     let levels = f32::from(bits.max_code());
     let step = match arith {
         Arithmetic::F32 => (hi - lo) / levels,

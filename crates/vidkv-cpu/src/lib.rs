@@ -12,8 +12,8 @@
 
 extern crate alloc;
 
-mod affine;
-mod arith;
+pub mod affine;
+pub mod arith;
 pub mod attention;
 mod blocks;
 pub mod borrow;
@@ -21,7 +21,7 @@ mod convert;
 mod keys;
 mod outliers;
 mod sketch;
-mod ternary;
+pub mod ternary;
 pub mod transform;
 mod values;
 
@@ -33,9 +33,10 @@ use vidkv_core::{
     Capability, ChannelMask, Codec, Error, HeadTensor, KvQuantBackend, Operation, Result,
 };
 
+pub use blocks::{read_params, write_params};
 pub use borrow::{decode_borrowed_key_blocks, decode_borrowed_value_blocks};
 pub use convert::{check_finite, to_f32};
-pub use keys::{decode_key_blocks, encode_key_blocks, lane_value};
+pub use keys::{decode_key_blocks, encode_key_blocks, lane_scales_of, lane_value};
 pub use outliers::{ChannelRanges, layer_outliers};
 pub use values::{decode_value_blocks, encode_value_blocks, encode_value_blocks_masked};
 

@@ -104,6 +104,12 @@ impl LaneTransform {
         self.kind
     }
 
+    /// The DFT table `(cos(2πi/M), sin(2πi/M))` for i < M as the forward transform uses it, so
+    /// that other backends run bit-identical butterflies (empty for Hadamard and Identity).
+    pub fn dft_table(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// `z = T(x)` for one row of M values.
     pub fn forward(&self, x: &[f32], z: &mut [f32]) {
         match self.kind {

@@ -1,5 +1,6 @@
 //! Decode attention of every available SIMD level against the f16-cache baseline, measured in
 //! one run. `cargo run --release -p vidkv-simd --example simd_bench -- [tokens] [threads] [reps]`
+use vidkv_core::Scheme;
 use vidkv_simd::Level;
 use vidkv_simd::bench::{Shape, Synthetic, read_bandwidth};
 
@@ -30,23 +31,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.packed_bytes() as f64 / 1e6,
         s.f16_bytes() as f64 / 1e6
     );
-    // Encode (prefill): SimdBackend runs the scalar encoders at every level (no SIMD encode yet).
+    // Encode, decode and append of the `vidkv` scheme, every level next to the scalar backend.
     {
-        let (d, g, blocks) = (shape.head_dim, shape.group, 512usize);
-        let x: Vec<f32> = (0..blocks * g * d)
-            .map(|i| ((i * 7919) % 1000) as f32 * 0.002 - 1.0)
-            .collect();
-        let mut kb = vec![0u8; blocks * s.codec.key_block_bytes()];
-        let mut vb = vec![0u8; blocks * s.codec.value_block_bytes()];
-        let t = std::time::Instant::now();
-        vidkv_cpu::encode_key_blocks(&s.codec, &x, None, &mut kb)?;
-        vidkv_cpu::encode_value_blocks(&s.codec, &x, &mut vb)?;
-        let secs = t.elapsed().as_secs_f64();
-        let f16_bytes = 2.0 * 2.0 * x.len() as f64; // keys + values as f16
+        let (tokens, appends) = (16384, 16384);
         println!(
-            "encode (scalar fallback, keys + values): {:.1} MB/s of f16 input",
-            f16_bytes / secs / 1e6
+            "codec (D = {}, G = 32, 1 thread): encode/decode {tokens} tokens of one head, \
+             {appends} appends of {} KV heads; {} time",
+            shape.head_dim,
+            shape.kv_heads,
+            if vidkv_simd::codec_bench::cpu_time_available() {
+                "on-CPU (thread)"
+            } else {
+                "wall"
+            }
         );
+        println!(
+            "| scheme | level | encode GB/s (f16 in, K+V) | decode GB/s (f16-equiv. out) | append µs/token/layer | bytes = scalar |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for scheme in [Scheme::Vidkv, Scheme::Pc2, Scheme::Kivi2] {
+            let rows = vidkv_simd::codec_bench::codec_table(
+                scheme,
+                shape.head_dim,
+                tokens,
+                shape.kv_heads,
+                appends,
+                reps,
+            )?;
+            for r in &rows {
+                println!(
+                    "| {} | {} | {:.3} ({:.1}×) | {:.3} ({:.1}×) | {:.2} ({:.1}×) | {} |",
+                    scheme.name(),
+                    r.level.name(),
+                    r.encode_gb_s,
+                    r.encode_gb_s / rows[0].encode_gb_s,
+                    r.decode_gb_s,
+                    r.decode_gb_s / rows[0].decode_gb_s,
+                    r.append_us,
+                    rows[0].append_us / r.append_us,
+                    if r.identical { "yes" } else { "NO" }
+                );
+            }
+        }
     }
     println!(
         "| cache | level | threads | ms | GB/s | % of 1-thread read BW | speed-up vs best f16 (same threads) |"

@@ -76,7 +76,10 @@ impl KvQuantBackend for SimdBackend {
         outliers: Option<&ChannelMask>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.encode_keys(codec, input, outliers, out)
+        match crate::encode::encode_keys(self.level, codec, &input, outliers, out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.encode_keys(codec, input, outliers, out),
+        }
     }
 
     fn decode_keys(
@@ -86,7 +89,10 @@ impl KvQuantBackend for SimdBackend {
         blocks: usize,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.decode_keys(codec, encoded, blocks, out)
+        match crate::encode::decode(self.level, codec, true, encoded, blocks, out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.decode_keys(codec, encoded, blocks, out),
+        }
     }
 
     fn encode_values(
@@ -95,7 +101,10 @@ impl KvQuantBackend for SimdBackend {
         input: HeadTensor<'_, Vec<u8>>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.encode_values(codec, input, out)
+        match crate::encode::encode_values(self.level, codec, &input, None, out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.encode_values(codec, input, out),
+        }
     }
 
     fn decode_values(
@@ -105,7 +114,10 @@ impl KvQuantBackend for SimdBackend {
         blocks: usize,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.decode_values(codec, encoded, blocks, out)
+        match crate::encode::decode(self.level, codec, false, encoded, blocks, out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.decode_values(codec, encoded, blocks, out),
+        }
     }
 
     fn encode_values_masked(
@@ -115,7 +127,10 @@ impl KvQuantBackend for SimdBackend {
         excluded: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        ScalarBackend.encode_values_masked(codec, input, excluded, out)
+        match crate::encode::encode_values(self.level, codec, &input, Some(excluded), out) {
+            Some(()) => Ok(()),
+            None => ScalarBackend.encode_values_masked(codec, input, excluded, out),
+        }
     }
 
     fn copy_bytes(

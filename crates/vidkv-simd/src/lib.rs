@@ -17,6 +17,8 @@ pub mod attend;
 mod backend;
 pub mod baseline;
 pub mod bench;
+pub mod codec_bench;
+mod encode;
 mod fft;
 mod kernel;
 pub mod level;
