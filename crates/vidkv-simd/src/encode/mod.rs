@@ -150,11 +150,9 @@ fn kernel_config(codec: &Codec, encoding: bool) -> bool {
             cfg.values,
             ValueScheme::PerToken { bits: Bits::One } | ValueScheme::PerChannel { bits: Bits::One }
         );
-    cfg.traced_tokens == 0
-        && !codec.is_borrowing()
-        && !one_bit
-        && !matches!(cfg.keys, KeyScheme::SignSketch { .. })
-        && !(encoding && cfg.calibration != Calibration::NONE)
+    let calibrated = encoding && cfg.calibration != Calibration::NONE;
+    let sketch = matches!(cfg.keys, KeyScheme::SignSketch { .. });
+    !(cfg.traced_tokens > 0 || codec.is_borrowing() || one_bit || sketch || calibrated)
 }
 
 /// Encodes keys at `level`; `None` runs the scalar backend (see the module documentation).
