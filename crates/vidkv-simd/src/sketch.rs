@@ -23,7 +23,7 @@ use vidkv_core::sketch::{QuerySketch, cos_table, read_norms, shared_projection};
 use vidkv_core::{AffineParams, Codec, Error, KeyLayout, Result, ValueLayout};
 
 use crate::attend::HeadCache;
-use crate::level::{self, Level};
+use crate::level::Level;
 use crate::math::{exp_approx, f16_bits_to_f32};
 
 /// How the Hamming distances of one block are computed.
@@ -119,7 +119,7 @@ pub(crate) fn attend(
 ) -> Result<()> {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if level::features().avx512vpopcntdq => {
+        Level::Avx512 if crate::level::features().avx512vpopcntdq => {
             // SAFETY: AVX-512 with VPOPCNTDQ was detected.
             unsafe { x86::attend_vpopcnt(codec, queries, cache, out) }
         }
