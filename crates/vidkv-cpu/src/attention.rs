@@ -1269,8 +1269,10 @@ fn extend_table<const N: usize>(table: &mut [[f32; QW]; 81], w: &[f32; QW]) {
 }
 
 /// `out[c] += Σ_t p[t]·rows[t·stride + c]` for `c < out.len()`, in register-sized channel
-/// chunks (the accumulators stay in registers while the tokens stream by).
-fn accumulate_tokens(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+/// chunks (the accumulators stay in registers while the tokens stream by). Always inlined, so
+/// SIMD kernels that call it compile it with their own target features.
+#[inline(always)]
+pub fn accumulate_tokens(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     let d = out.len();
     let mut c = 0;
     while c + 32 <= d {

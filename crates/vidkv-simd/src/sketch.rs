@@ -426,7 +426,7 @@ impl Blocks {
                     .for_each(|((w, &p), &s)| *w = p * s);
                 let lo_sum: f32 = pq.iter().zip(lo).map(|(&p, &l)| p * l).sum();
                 let out = &mut aq[span.clone()];
-                accumulate_tokens(&self.weights, &self.codes[span.start..], d, out);
+                vidkv_cpu::attention::accumulate_tokens(&self.weights, &self.codes[span.start..], d, out);
                 out.iter_mut().for_each(|o| *o += lo_sum);
             }
         }
@@ -461,42 +461,6 @@ fn unpack(bits: u32, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `out[c] += Σ_t w[t]·rows[t·stride + c]`, register-sized channel chunks held while the tokens
-/// stream by.
-#[inline(always)]
-fn accumulate_tokens(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    let n = out.len();
-    let mut c = 0;
-    while c + 32 <= n {
-        chunk::<32>(w, rows, stride, c, out);
-        c += 32;
-    }
-    while c + 8 <= n {
-        chunk::<8>(w, rows, stride, c, out);
-        c += 8;
-    }
-    for c in c..n {
-        out[c] += w
-            .iter()
-            .enumerate()
-            .map(|(t, &x)| x * rows[t * stride + c])
-            .sum::<f32>();
-    }
-}
-
-#[inline(always)]
-fn chunk<const N: usize>(w: &[f32], rows: &[f32], stride: usize, c: usize, out: &mut [f32]) {
-    let out: &mut [f32; N] = (&mut out[c..c + N]).try_into().expect("chunk of N");
-    let mut acc = *out;
-    for (t, &x) in w.iter().enumerate() {
-        let r: &[f32; N] = rows[t * stride + c..][..N].try_into().expect("chunk of N");
-        for i in 0..N {
-            acc[i] += x * r[i];
-        }
-    }
-    *out = acc;
-}
-
 /// The f16 residual tokens: exact scores `scale·q·k`, through the same online softmax.
 #[inline(always)]
 fn residual(
@@ -526,7 +490,7 @@ fn residual(
         }
         st.absorb(d, g, n);
         for (q, aq) in st.acc.chunks_exact_mut(d).enumerate() {
-            accumulate_tokens(&st.p[q * g..][..n], &vrows, d, aq);
+            vidkv_cpu::attention::accumulate_tokens(&st.p[q * g..][..n], &vrows, d, aq);
         }
         t0 += n;
     }

@@ -165,13 +165,7 @@ pub(crate) unsafe fn encode_block<S: Simd>(
             s.ordered[at] = s.codes[t * plan.stride + c];
         }
     }
-    let out = &mut block[plan.codes.range()];
-    match plan.bits {
-        // Not reached (`kernel_config` keeps 1-bit groups on the scalar path); packed portably.
-        Bits::One => vidkv_core::pack::pack_codes(1, &s.ordered, out),
-        Bits::Two => pack2(&s.ordered, out),
-        Bits::Four => pack4(&s.ordered, out),
-    }
+    pack(plan.bits, &s.ordered, &mut block[plan.codes.range()]);
 }
 
 /// KIVI values: per kept token and group of `group` channels, min/max across the group's
@@ -229,13 +223,7 @@ unsafe fn encode_per_token<S: Simd>(
             }
         }
     }
-    let out = &mut block[plan.codes.range()];
-    match plan.bits {
-        // Not reached (`kernel_config` keeps 1-bit groups on the scalar path); packed portably.
-        Bits::One => vidkv_core::pack::pack_codes(1, &s.ordered, out),
-        Bits::Two => pack2(&s.ordered, out),
-        Bits::Four => pack4(&s.ordered, out),
-    }
+    pack(plan.bits, &s.ordered, &mut block[plan.codes.range()]);
 }
 
 /// Min and max of whole vectors of values.
@@ -333,5 +321,15 @@ pub(crate) fn pack4(codes: &[u8], out: &mut [u8]) {
             (bytes >> 32) as u8,
             (bytes >> 48) as u8,
         ]);
+    }
+}
+
+/// Packs a block's codes in stored order.
+fn pack(bits: Bits, ordered: &[u8], out: &mut [u8]) {
+    match bits {
+        // Not reached (`kernel_config` keeps 1-bit groups on the scalar path); packed portably.
+        Bits::One => vidkv_core::pack::pack_codes(1, ordered, out),
+        Bits::Two => pack2(ordered, out),
+        Bits::Four => pack4(ordered, out),
     }
 }
