@@ -426,7 +426,12 @@ impl Blocks {
                     .for_each(|((w, &p), &s)| *w = p * s);
                 let lo_sum: f32 = pq.iter().zip(lo).map(|(&p, &l)| p * l).sum();
                 let out = &mut aq[span.clone()];
-                vidkv_cpu::attention::accumulate_tokens(&self.weights, &self.codes[span.start..], d, out);
+                vidkv_cpu::attention::accumulate_tokens(
+                    &self.weights,
+                    &self.codes[span.start..],
+                    d,
+                    out,
+                );
                 out.iter_mut().for_each(|o| *o += lo_sum);
             }
         }
