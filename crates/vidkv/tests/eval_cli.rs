@@ -247,3 +247,40 @@ fn attention_rows_follow_the_cache_settings() {
     ]);
     assert!(stderr(&out).contains("value norm"), "{}", stderr(&out));
 }
+
+/// `--backend simd` runs the SIMD backend where the binary has it (the rows name it and agree
+/// with the scalar rows: SIMD encoders write the scalar bytes), and is a clear error otherwise.
+#[test]
+fn eval_backend_simd_matches_scalar_or_names_the_missing_feature() {
+    let args = [
+        "eval", "--json", "--repeat", "1", "--scheme", "vidkv", "--scheme", "kivi2",
+    ];
+    let simd = vidkv(&[&args[..], &["--backend", "simd"]].concat());
+    if !cfg!(feature = "simd") {
+        assert!(!simd.status.success());
+        assert!(
+            stderr(&simd).contains("without the `simd` feature"),
+            "{}",
+            stderr(&simd)
+        );
+        println!("vidkv built without the simd feature: checked the error only");
+        return;
+    }
+    assert!(simd.status.success(), "{}", stderr(&simd));
+    let simd: Vec<Value> = stdout(&simd)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scalar = tensor_rows(json_rows(&args));
+    let simd = tensor_rows(simd);
+    assert_eq!(simd.len(), scalar.len());
+    for (s, c) in simd.iter().zip(&scalar) {
+        assert!(s["backend"].as_str().is_some_and(|b| b != "scalar"), "{s}");
+        assert_eq!(s["bits_per_element"], c["bits_per_element"]);
+        let (a, b) = (
+            s["rel_error"].as_f64().unwrap(),
+            c["rel_error"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-4 * b, "{s} vs {c}");
+    }
+}

@@ -40,8 +40,8 @@ pub struct EvalArgs {
     /// safetensors files with `k.L`/`k_post.L`/`v.L` tensors `[heads, tokens, head_dim]`;
     /// none: the two samples compiled into the binary (SmolLM2 and DINOv2).
     pub files: Vec<PathBuf>,
-    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2, vidkv-stp, ott2.
-    /// Default: all.
+    /// Preset to evaluate (repeatable): vidkv, vidkv-paper, kivi2, kivi4, pc2, vidkv-stp, ott2,
+    /// h1b, xquant. Default: all.
     #[arg(long = "scheme", value_name = "NAME")]
     pub schemes: Vec<String>,
     /// One JSON object per line instead of a table.
@@ -65,9 +65,23 @@ pub struct EvalArgs {
     /// per-tensor table. Default scheme: xquant.
     #[arg(long, value_name = "FROM")]
     pub cross_layer: Option<u32>,
+    /// Backend that encodes, decodes and attends: `scalar` (the normative code) or `simd` (the
+    /// fastest SIMD level of this CPU; needs the `simd` feature). The errors are the same up to
+    /// the SIMD kernels' documented tolerances; the throughput columns differ.
+    #[arg(long, value_enum, default_value_t = EvalBackend::Scalar)]
+    pub backend: EvalBackend,
     /// Overrides on top of each preset.
     #[command(flatten)]
     pub quant: QuantArgs,
+}
+
+/// The backends `vidkv eval` can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalBackend {
+    /// `vidkv::ScalarBackend`.
+    Scalar,
+    /// `vidkv_simd::SimdBackend` at the best level of this CPU (feature `simd`).
+    Simd,
 }
 
 /// `vidkv roundtrip`.

@@ -18,14 +18,17 @@ use vidkv::{
     Error, ErrorKind, KvQuantBackend, KvTensor, Result, ScalarBackend, Scheme, TensorFile,
 };
 
-use args::{Cli, Command, EvalArgs, RoundtripArgs};
+use args::{Cli, Command, EvalArgs, EvalBackend, RoundtripArgs};
 use report::Report;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let backend = ScalarBackend;
     let result = match cli.command {
-        Command::Eval(a) => eval(&backend, &a),
+        Command::Eval(a) => match a.backend {
+            EvalBackend::Scalar => eval(&backend, &a),
+            EvalBackend::Simd => eval_simd(&a),
+        },
         Command::Roundtrip(a) => roundtrip(&backend, &a),
         Command::Pack(a) => vkv_cmd::pack(&backend, &a),
         Command::Unpack(a) => vkv_cmd::unpack(&backend, &a),
@@ -125,6 +128,21 @@ fn eval<B: KvQuantBackend>(backend: &B, a: &EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `vidkv eval --backend simd`.
+#[cfg(feature = "simd")]
+fn eval_simd(a: &EvalArgs) -> Result<()> {
+    eval(&vidkv_simd::SimdBackend::new(), a)
+}
+
+#[cfg(not(feature = "simd"))]
+fn eval_simd(_: &EvalArgs) -> Result<()> {
+    Err(Error::from(vidkv_core::Error::Unsupported {
+        backend: "simd",
+        operation: "eval",
+        reason: "this vidkv was built without the `simd` feature (cargo run --features simd)",
+    }))
 }
 
 /// `vidkv eval --cross-layer FROM`: one row per layer, then the averages over the file.
