@@ -156,6 +156,10 @@ struct Blocks {
     codes: Vec<f32>,
     lo: Vec<f32>,
     step: Vec<f32>,
+    /// Per-token value parameters, group-major `[groups, G]`.
+    lo_t: Vec<f32>,
+    step_t: Vec<f32>,
+    ones: Vec<f32>,
     /// `[hq, D]` key code weights `scale·q_c·step_c`.
     weights: Vec<f32>,
     /// Token weights of one value group, and one query's weighted code sums.
@@ -176,6 +180,9 @@ impl Blocks {
             codes: vec![0.0; g * d],
             lo: vec![0.0; params.max(d)],
             step: vec![0.0; params.max(d)],
+            lo_t: vec![0.0; params],
+            step_t: vec![0.0; params],
+            ones: vec![1.0; g],
             weights: vec![0.0; hq * d],
             token_w: vec![0.0; g],
             sums: vec![0.0; d],
@@ -203,13 +210,13 @@ impl Blocks {
             .zip(self.weights.chunks_exact_mut(d))
             .zip(p.chunks_exact_mut(g))
         {
-            let constant: f32 = qrow.iter().zip(&self.lo[..d]).map(|(a, b)| a * b).sum();
+            let constant = dot(qrow, &self.lo[..d]);
             w.iter_mut()
                 .zip(qrow)
                 .zip(&self.step[..d])
                 .for_each(|((w, &q), &s)| *w = q * s);
             row.fill(constant);
-            vidkv_cpu::attention::accumulate_tokens(w, &self.codes, g, row);
+            fma_rows(w, &self.codes, g, row);
         }
         self.patch_traced(codec, q, block, p)
     }
@@ -231,7 +238,7 @@ impl Blocks {
         for &(slot, t) in &self.traced {
             layout.row(block, slot, d, &mut self.traced_row)?;
             for (qrow, row) in q.chunks_exact(d).zip(p.chunks_exact_mut(g)) {
-                row[t] = qrow.iter().zip(&self.traced_row).map(|(a, b)| a * b).sum();
+                row[t] = dot(qrow, &self.traced_row);
             }
         }
         Ok(())
@@ -249,24 +256,24 @@ impl Blocks {
                 codes,
             } => {
                 let groups = d.div_ceil(channel_group);
-                read_pairs(block, params, g * groups, &mut self.lo, &mut self.step, 4)?;
+                let n = g * groups;
+                read_pairs(block, params, n, &mut self.lo, &mut self.step, 4)?;
+                // Group-major, so that a group's parameters are contiguous over tokens.
+                transpose(&self.lo[..n], groups, &mut self.lo_t[..n]);
+                transpose(&self.step[..n], groups, &mut self.step_t[..n]);
                 unpack(bits.get(), &block[codes.range()], &mut self.codes[..g * d]);
                 for (pq, aq) in p.chunks_exact(g).zip(acc.chunks_exact_mut(d)) {
                     for gi in 0..groups {
                         let span = gi * channel_group..((gi + 1) * channel_group).min(d);
-                        // Token-major parameters: token t's group gi is pair t·groups + gi.
-                        let mut lo_sum = 0.0f32;
-                        for (t, (w, &pt)) in self.token_w.iter_mut().zip(pq).enumerate() {
-                            *w = pt * self.step[t * groups + gi];
-                            lo_sum += pt * self.lo[t * groups + gi];
-                        }
+                        let (lo, step) = (&self.lo_t[gi * g..][..g], &self.step_t[gi * g..][..g]);
+                        self.token_w
+                            .iter_mut()
+                            .zip(pq)
+                            .zip(step)
+                            .for_each(|((w, &pt), &s)| *w = pt * s);
+                        let lo_sum = dot(pq, lo);
                         let out = &mut aq[span.clone()];
-                        vidkv_cpu::attention::accumulate_tokens(
-                            &self.token_w,
-                            &self.codes[span.start..],
-                            d,
-                            out,
-                        );
+                        fma_rows(&self.token_w, &self.codes[span.start..], d, out);
                         out.iter_mut().for_each(|o| *o += lo_sum);
                     }
                 }
@@ -280,8 +287,8 @@ impl Blocks {
                 unpack(bits.get(), &block[codes.range()], &mut self.codes[..g * d]);
                 for (pq, aq) in p.chunks_exact(g).zip(acc.chunks_exact_mut(d)) {
                     self.sums.fill(0.0);
-                    vidkv_cpu::attention::accumulate_tokens(pq, &self.codes, d, &mut self.sums);
-                    let psum: f32 = pq.iter().sum();
+                    fma_rows(pq, &self.codes, d, &mut self.sums);
+                    let psum = dot(pq, &self.ones[..g]);
                     for (((a, &s), &lo), &step) in
                         aq.iter_mut().zip(&self.sums).zip(&self.lo).zip(&self.step)
                     {
@@ -373,5 +380,81 @@ fn unpack(bits: u32, bytes: &[u8], out: &mut [f32]) {
 fn unpack_with<const N: usize>(table: &[[f32; N]; 256], bytes: &[u8], out: &mut [f32]) {
     for (o, &b) in out.as_chunks_mut::<N>().0.iter_mut().zip(bytes) {
         *o = table[usize::from(b)];
+    }
+}
+
+/// `a·b + c`, fused where `std` provides it (a single FMA instruction inside the levels'
+/// target features; Rust never contracts `a * b + c` by itself).
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(feature = "std")]
+    {
+        a.mul_add(b, c)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        a * b + c
+    }
+}
+
+/// `out[c] += Σ_t w[t]·rows[t·stride + c]` for `c < out.len()`, in register-sized chunks of
+/// `out` (the accumulators stay in registers while the rows stream by), with fused
+/// multiply-adds.
+#[inline(always)]
+fn fma_rows(w: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let n = out.len();
+    let mut c = 0;
+    while c + 32 <= n {
+        fma_chunk::<32>(w, rows, stride, c, out);
+        c += 32;
+    }
+    while c + 8 <= n {
+        fma_chunk::<8>(w, rows, stride, c, out);
+        c += 8;
+    }
+    for c in c..n {
+        out[c] = w
+            .iter()
+            .enumerate()
+            .fold(out[c], |a, (t, &wt)| fma(wt, rows[t * stride + c], a));
+    }
+}
+
+#[inline(always)]
+fn fma_chunk<const N: usize>(w: &[f32], rows: &[f32], stride: usize, c: usize, out: &mut [f32]) {
+    let out: &mut [f32; N] = (&mut out[c..c + N]).try_into().expect("chunk of N");
+    let mut acc = *out;
+    for (t, &wt) in w.iter().enumerate() {
+        let r: &[f32; N] = rows[t * stride + c..][..N].try_into().expect("chunk of N");
+        for i in 0..N {
+            acc[i] = fma(wt, r[i], acc[i]);
+        }
+    }
+    *out = acc;
+}
+
+/// `Σ a_i·b_i` over eight independent partial sums (vectorizes; a single running f32 sum
+/// cannot be reordered by the compiler).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    for (x, y) in ca.0.iter().zip(cb.0) {
+        for i in 0..8 {
+            acc[i] = fma(x[i], y[i], acc[i]);
+        }
+    }
+    let tail: f32 = ca.1.iter().zip(cb.1).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `[rows, cols]` row-major `src` into `[cols, rows]` `dst`.
+#[inline(always)]
+fn transpose(src: &[f32], cols: usize, dst: &mut [f32]) {
+    let rows = src.len() / cols;
+    for (r, row) in src.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            dst[c * rows + r] = x;
+        }
     }
 }
