@@ -4,8 +4,10 @@
 //! run [`crate::kernel`] on VidKV mixed keys + ternary values (int8 weights, f32 softmax; within
 //! the tolerance documented on [`attend_head`]); H1B-KV sign-sketch keys run the fused popcount
 //! kernel of `sketch.rs` at every level (also [`Level::Scalar`]) when their values are per-token
-//! min/max (as in the `h1b` preset); every other configuration, and
-//! [`Level::Scalar`], decodes with the scalar backend and computes exact f32 attention (for
+//! min/max (as in the `h1b` preset); per-channel min/max keys with min/max values (KIVI, `pc2`,
+//! `xquant`, `ott2`) run the fused f32 kernel of `minmax.rs` above [`Level::Scalar`] (f32
+//! decode `lo + code·step`, so within f16 rounding of the decoded cache); every other
+//! configuration, and [`Level::Scalar`], decodes with the scalar backend and computes exact f32 attention (for
 //! sign-sketch keys [`reference_attend`] scores blocks with the same estimator, in f64).
 
 use alloc::vec;
@@ -101,6 +103,9 @@ pub fn attend_head(
     check_shapes(codec, queries, cache, out)?;
     if crate::sketch::handles(codec) {
         return crate::sketch::attend(level, codec, queries, cache, out);
+    }
+    if level != Level::Scalar && crate::minmax::handles(codec) {
+        return crate::minmax::attend(level, codec, queries, cache, out);
     }
     let d = codec.head_dim();
     let plan = match level {

@@ -154,18 +154,21 @@ impl KvQuantBackend for SimdBackend {
     /// borrow their codes (XQuant sharing) and configurations without a SIMD kernel run the
     /// scalar backend's fused kernel, which works on the packed blocks (never decoding the
     /// cache). SIMD kernels: mixed keys + ternary values (also with traced tokens, above the
-    /// scalar level) and sign-sketch keys with per-token min/max values; everything else (KIVI,
-    /// `pc2`, `xquant`, `ott2`) runs the scalar fused kernel.
+    /// scalar level), sign-sketch keys with per-token min/max values, and (above the scalar
+    /// level) per-channel min/max keys with per-token or per-channel min/max values (KIVI,
+    /// `pc2`, `xquant`, `ott2`, also traced). A failing min/max job is rerun by the scalar
+    /// kernel, so damaged blocks give the scalar backend's error.
     fn attend(&self, codec: &Codec, args: AttentionArgs<'_, Vec<u8>>) -> Result<()> {
         let d = codec.head_dim();
         let default_scale = 1.0 / libm::sqrtf(d as f32);
         let mixed_kernel = self.level != Level::Scalar && crate::kernel::covers(codec);
         let sketch_kernel = crate::sketch::sketch_keys(codec) && crate::sketch::handles(codec);
+        let minmax_kernel = self.level != Level::Scalar && crate::minmax::handles(codec);
         if args.salient.is_some()
             || args.scale != default_scale
             || args.lender.is_some()
             || codec.is_borrowing()
-            || !(mixed_kernel || sketch_kernel)
+            || !(mixed_kernel || sketch_kernel || minmax_kernel)
         {
             return ScalarBackend.attend(codec, args);
         }
@@ -224,7 +227,15 @@ impl KvQuantBackend for SimdBackend {
             ));
         }
         let mut out = vec![0.0f32; queries.len()];
-        crate::attend_head(self.level, codec, &queries, &cache, &mut out)?;
+        if let Err(e) = crate::attend_head(self.level, codec, &queries, &cache, &mut out) {
+            // Damaged min/max blocks: the scalar kernel reports the error it would (same type,
+            // same offset, in the scalar backend's block order).
+            return if minmax_kernel {
+                ScalarBackend.attend(codec, args)
+            } else {
+                Err(e)
+            };
+        }
         for (chunk, v) in args.out.chunks_exact_mut(4).zip(out) {
             chunk.copy_from_slice(&v.to_le_bytes());
         }

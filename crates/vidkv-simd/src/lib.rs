@@ -23,6 +23,7 @@ mod fft;
 mod kernel;
 pub mod level;
 mod math;
+mod minmax;
 mod sketch;
 
 #[cfg(target_arch = "x86_64")]

@@ -218,16 +218,16 @@ impl Queries {
 }
 
 /// Online-softmax state and per-block scratch.
-struct State {
-    m: Vec<f32>,
-    l: Vec<f32>,
-    acc: Vec<f32>,
+pub(crate) struct State {
+    pub(crate) m: Vec<f32>,
+    pub(crate) l: Vec<f32>,
+    pub(crate) acc: Vec<f32>,
     /// `[hq, G]` scores, then weights.
-    p: Vec<f32>,
+    pub(crate) p: Vec<f32>,
 }
 
 impl State {
-    fn new(hq: usize, d: usize, g: usize) -> Self {
+    pub(crate) fn new(hq: usize, d: usize, g: usize) -> Self {
         Self {
             m: vec![f32::NEG_INFINITY; hq],
             l: vec![0.0; hq],
@@ -238,7 +238,7 @@ impl State {
 
     /// Turns the first `n` scores of each query's row (stride `g`) into weights.
     #[inline(always)]
-    fn absorb(&mut self, d: usize, g: usize, n: usize) {
+    pub(crate) fn absorb(&mut self, d: usize, g: usize, n: usize) {
         for q in 0..self.m.len() {
             let s = &mut self.p[q * g..][..n];
             let block_max = s.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
@@ -300,7 +300,7 @@ unsafe fn attend_with<P: Popcount>(
     Ok(())
 }
 
-fn locate(e: Error, base: usize) -> Error {
+pub(crate) fn locate(e: Error, base: usize) -> Error {
     match e {
         Error::Corrupt { what, offset } => Error::Corrupt {
             what,
@@ -468,7 +468,7 @@ fn unpack(bits: u32, bytes: &[u8], out: &mut [f32]) {
 
 /// The f16 residual tokens: exact scores `scale·q·k`, through the same online softmax.
 #[inline(always)]
-fn residual(
+pub(crate) fn residual(
     d: usize,
     g: usize,
     scale: f32,

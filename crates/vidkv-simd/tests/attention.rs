@@ -136,10 +136,13 @@ fn paper_compat_and_other_transforms() {
     check(&Codec::new(c).unwrap(), 7, 0, 5, 12, 0.04);
 }
 
+/// KIVI / `pc2`: the scalar level decodes and computes exact attention; the SIMD levels run the
+/// fused min/max kernel, which decodes `lo + code·step` in f32 where the normative decode rounds
+/// to f16 (vidkv-cpu's attention docs: relative differences ~5e-4, tests allow 1e-2).
 #[test]
-fn baselines_fall_back_to_exact_attention() {
+fn baselines_match_exact_attention() {
     for s in [Scheme::Kivi2, Scheme::Pc2] {
-        check(&codec(s, 64, 32), 4, 3, 2, 3, 1e-5);
+        check(&codec(s, 64, 32), 4, 3, 2, 3, 1e-2);
     }
 }
 

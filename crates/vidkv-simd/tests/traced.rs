@@ -1,5 +1,5 @@
 //! Outlier-token tracing (OTT) in the SIMD backend: the int8 kernel patches the traced tokens'
-//! scores with exact dots (mixed keys), other traced configurations run the scalar fused kernel,
+//! scores with exact dots (mixed keys), so does the f32 min/max kernel (ott2),
 //! and damaged traced parts are typed errors at every level.
 
 use vidkv_core::cache::{CacheConfig, KvCache, Salient};
@@ -140,10 +140,10 @@ fn damaged_traced_parts_are_corrupt_at_every_level() {
     }
 }
 
-/// ott2 (per-channel keys) is not a kernel configuration: the backend runs the scalar fused
-/// kernel, so its output equals the scalar backend's bit for bit.
+/// ott2 (per-channel keys) runs the f32 min/max kernel above the scalar level: its output equals
+/// the scalar backend's up to f32 summation order (bit for bit at the scalar level).
 #[test]
-fn ott2_through_the_backend_is_the_scalar_fused_kernel() {
+fn ott2_through_the_backend_matches_the_scalar_fused_kernel() {
     let (kv, qh, d, n) = (2, 6, 64, 300);
     for scheme in [Scheme::Ott2, Scheme::Vidkv] {
         let codec = traced(scheme, d, 32, 1);
@@ -166,8 +166,10 @@ fn ott2_through_the_backend_is_the_scalar_fused_kernel() {
         let (mut o1, mut o2) = (vec![0.0; q.len()], vec![0.0; q.len()]);
         simd.attend(a, &q, &mut o1).unwrap();
         scalar.attend(b, &q, &mut o2).unwrap();
-        if scheme == Scheme::Ott2 || SimdBackend::new().level() == Level::Scalar {
+        if SimdBackend::new().level() == Level::Scalar {
             assert_eq!(o1, o2, "{scheme:?}");
+        } else if scheme == Scheme::Ott2 {
+            assert!(rel(&o1, &o2) < 1e-5, "{scheme:?}: {}", rel(&o1, &o2));
         } else {
             assert!(rel(&o1, &o2) < 0.04, "{scheme:?}: {}", rel(&o1, &o2));
         }
