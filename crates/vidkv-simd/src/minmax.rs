@@ -139,14 +139,7 @@ fn attend_with(
             .map_err(|e| locate(e, b * vb))?;
     }
     residual(d, g, scale, queries, cache, &mut st);
-    for ((o, &l), a) in out
-        .chunks_exact_mut(d)
-        .zip(&st.l)
-        .zip(st.acc.chunks_exact(d))
-    {
-        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
-    }
+    st.finish(d, out);
     Ok(())
 }
 

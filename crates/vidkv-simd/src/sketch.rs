@@ -238,6 +238,18 @@ impl State {
 
     /// Turns the first `n` scores of each query's row (stride `g`) into weights.
     #[inline(always)]
+    /// Writes the normalised outputs `acc / l` per query (zero where nothing was attended).
+    pub(crate) fn finish(&self, d: usize, out: &mut [f32]) {
+        for ((o, &l), a) in out
+            .chunks_exact_mut(d)
+            .zip(&self.l)
+            .zip(self.acc.chunks_exact(d))
+        {
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
+        }
+    }
+
     pub(crate) fn absorb(&mut self, d: usize, g: usize, n: usize) {
         for q in 0..self.m.len() {
             let s = &mut self.p[q * g..][..n];
@@ -289,14 +301,7 @@ unsafe fn attend_with<P: Popcount>(
             .map_err(|e| locate(e, b * vb))?;
     }
     residual(d, g, scale, queries, cache, &mut st);
-    for ((o, &l), a) in out
-        .chunks_exact_mut(d)
-        .zip(&st.l)
-        .zip(st.acc.chunks_exact(d))
-    {
-        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        o.iter_mut().zip(a).for_each(|(o, &a)| *o = a * inv);
-    }
+    st.finish(d, out);
     Ok(())
 }
 
